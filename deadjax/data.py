@@ -1,0 +1,647 @@
+"""Datasets as standardised NumPy arrays, the probe batch, and batching by key.
+
+Datasets (``config.data.name``):
+
+* ``mnist1d`` -- MNIST-1D (Greydanus, 2020; Greydanus & Kobak, 2024), generated
+  offline with the ``mnist1d`` package's ``make_dataset`` and its standard
+  arguments (``get_dataset_args()``: 5000 samples, 80/20 split, 40 features,
+  10 classes, seed 42), so the data are the published dataset: 4000 training
+  and 1000 test examples. Nothing is downloaded and nothing is unpickled.
+* ``random`` -- the founding experiment: inputs ``x ~ U[0, 1)`` with
+  ``data.num_features`` features, labels uniform over ``data.num_classes``;
+  ``data.num_train`` training and ``data.num_test`` test examples, drawn from
+  ``np.random.default_rng(data.seed)``.
+* ``mnist`` and ``fashion_mnist`` -- read from local files in ``data.path``,
+  in either distribution format: the four IDX files (gzip or uncompressed) or
+  the Keras ``.npz`` archive (see :data:`IDX_FILES`, :data:`NPZ_FILES`).
+  Pixels are scaled to [0, 1] and flattened to 784 features.
+
+Every dataset goes through the same two steps (:func:`load`):
+
+1. **Validation split.** ``floor(data.val_fraction * N)`` training examples are
+   held out: the indices ``0..N-1`` are shuffled with
+   ``np.random.default_rng(data.seed)`` and the first ``floor(f * N)`` are the
+   validation set. Both parts keep the original order of the examples, so
+   ``val_fraction = 0`` leaves the published training set as it was.
+2. **Standardisation** (``data.standardize``, default on): per feature,
+   ``(x - mean) / std`` with the mean and (population, ``ddof = 0``) standard
+   deviation of the *post-split training set only*, applied to every split.
+   A feature whose training std is below ``STD_EPSILON`` (a constant feature,
+   e.g. an MNIST border pixel) gets std 1, so it is only centred.
+
+The probe batch (:func:`probe_indices`, :func:`probe_batch`) is the fixed set of
+training inputs that the diagnostics are taken on (DESIGN.md, "When and on what
+diagnostics are taken"): it depends only on the data config and ``data.seed``.
+
+:func:`batch_indices` chooses a member's minibatch at a step as a pure function
+of the step and the member's key, so it runs inside ``jit``/``scan``/``vmap``
+and a resumed run sees exactly the batches it would have seen.
+
+Data files are data, never code: ``.npz`` files are opened with
+``allow_pickle=False``, IDX files are parsed from their header, and sizes,
+shapes and label ranges are checked before use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gzip
+import io
+import math
+import os
+import random as _py_random
+import threading
+import zipfile
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deadjax.config import ConfigError
+
+DATASETS = ("mnist1d", "random", "mnist", "fashion_mnist")
+ORDERS = ("shuffle", "sequential", "shared")
+
+# A training std below this counts as a constant feature: it is divided by 1.
+STD_EPSILON = 1e-6
+
+# Constants that separate the random streams derived from data.seed.
+_PROBE_STREAM = 0x70726F62   # "prob"
+_SHARED_STREAM = 0x73686172  # "shar"
+
+# Accepted file names for mnist / fashion_mnist (both datasets use the same IDX
+# names, so each dataset needs its own folder, or one of SUBFOLDERS below).
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+NPZ_FILES = {
+    "mnist": ("mnist.npz",),
+    "fashion_mnist": ("fashion-mnist.npz", "fashion_mnist.npz"),
+}
+SUBFOLDERS = {
+    "mnist": ("mnist", "MNIST", os.path.join("MNIST", "raw")),
+    "fashion_mnist": ("fashion_mnist", "fashion-mnist", "FashionMNIST",
+                      os.path.join("FashionMNIST", "raw")),
+}
+_IMAGE_SHAPE = (28, 28)
+_NUM_CLASSES_IMAGES = 10
+_MAX_IDX_BYTES = 2 ** 31  # refuse headers that announce absurd sizes
+
+
+# --------------------------------------------------------------------------
+# The dataset
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """One dataset's splits as read-only NumPy arrays.
+
+    Inputs are float32 ``(N, F)``, standardised with the training statistics
+    ``mean`` and ``std`` (float32 ``(F,)``; 0 and 1 when ``data.standardize``
+    is off); labels are int32 ``(N,)`` in ``[0, num_classes)``. An empty
+    validation set has shape ``(0, F)``.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    mean: np.ndarray
+    std: np.ndarray
+    name: str
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def num_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    def splits(self) -> dict[str, np.ndarray]:
+        """``{"x_train", "y_train", "x_val", "y_val", "x_test", "y_test"}``."""
+        return {k: getattr(self, k) for k in
+                ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
+
+
+def _data_section(config):
+    """``config.data`` of a full config; a data section is accepted as is."""
+    try:
+        if "data" in config:
+            return config.data
+    except TypeError:
+        pass
+    return config
+
+
+def _cache_key(d) -> tuple:
+    name = d.name
+    key: tuple = (name, int(d.seed), float(d.val_fraction), bool(d.standardize))
+    if name == "random":
+        key += (int(d.num_train), int(d.num_test), int(d.num_features),
+                int(d.num_classes))
+    elif name in ("mnist", "fashion_mnist"):
+        key += (os.path.abspath(os.path.expanduser(str(d.path))),)
+    return key
+
+
+_CACHE: dict[tuple, Dataset] = {}
+_CACHE_LOCK = threading.Lock()
+_MNIST1D_RAW: dict[str, np.ndarray] | None = None
+
+
+def clear_cache() -> None:
+    """Forgets every loaded dataset (and the generated MNIST-1D arrays)."""
+    global _MNIST1D_RAW
+    with _CACHE_LOCK:
+        _CACHE.clear()
+        _MNIST1D_RAW = None
+
+
+def load(config) -> Dataset:
+    """The dataset of ``config`` (a full config or its ``data`` section).
+
+    Cached in-process on the data fields that define it (``data.name``,
+    ``data.seed``, ``data.val_fraction``, ``data.standardize``, and
+    ``data.path`` or the synthetic sizes where they apply), so every group of a
+    sweep shares one copy. The arrays are read-only.
+    """
+    d = _data_section(config)
+    if d.name not in DATASETS:
+        raise ConfigError(f"data.name = {d.name!r} is not allowed; choose one of "
+                          f"{', '.join(repr(n) for n in DATASETS)}.")
+    key = _cache_key(d)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    ds = _build(d)
+    with _CACHE_LOCK:
+        _CACHE[key] = ds
+    return ds
+
+
+def load_dataset(config) -> dict[str, np.ndarray]:
+    """Public API: the NumPy splits ``x_train, y_train, x_val, y_val, x_test, y_test``.
+
+    Inputs are standardised exactly as the network sees them. The arrays are
+    the cached, read-only ones; copy them to modify.
+    """
+    return load(config).splits()
+
+
+def _build(d) -> Dataset:
+    if d.name == "mnist1d":
+        raw = _mnist1d_raw()
+        x, y, x_test, y_test = raw["x"], raw["y"], raw["x_test"], raw["y_test"]
+        num_classes = 10
+    elif d.name == "random":
+        x, y, x_test, y_test = _random_raw(d)
+        num_classes = int(d.num_classes)
+    else:
+        x, y, x_test, y_test = _load_image_files(d)
+        num_classes = _NUM_CLASSES_IMAGES
+
+    val_idx, train_idx = split_indices(len(y), float(d.val_fraction), int(d.seed))
+    x_tr, y_tr = x[train_idx], y[train_idx]
+    x_va, y_va = x[val_idx], y[val_idx]
+
+    num_features = x.shape[1]
+    if bool(d.standardize):
+        mean, std = _train_stats(x_tr)
+    else:
+        mean = np.zeros(num_features, np.float64)
+        std = np.ones(num_features, np.float64)
+
+    def finish(a: np.ndarray) -> np.ndarray:
+        out = _standardise(a, mean, std)
+        out.setflags(write=False)
+        return out
+
+    def labels(a: np.ndarray) -> np.ndarray:
+        out = np.ascontiguousarray(a, dtype=np.int32)
+        out.setflags(write=False)
+        return out
+
+    mean32 = mean.astype(np.float32)
+    std32 = std.astype(np.float32)
+    mean32.setflags(write=False)
+    std32.setflags(write=False)
+    return Dataset(
+        x_train=finish(x_tr), y_train=labels(y_tr),
+        x_val=finish(x_va), y_val=labels(y_va),
+        x_test=finish(x_test), y_test=labels(y_test),
+        num_classes=num_classes, mean=mean32, std=std32, name=str(d.name))
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(val, train)`` indices into ``n`` training examples, each sorted.
+
+    The indices are shuffled with ``np.random.default_rng(seed)``; the first
+    ``floor(val_fraction * n)`` are the validation set.
+    """
+    num_val = int(math.floor(val_fraction * n))
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[:num_val]), np.sort(perm[num_val:])
+
+
+_CHUNK = 8192
+
+
+def _train_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and population std in float64 (std < eps -> 1)."""
+    n, f = x.shape
+    if n == 0:
+        return np.zeros(f), np.ones(f)
+    total = np.zeros(f)
+    for i in range(0, n, _CHUNK):
+        total += x[i:i + _CHUNK].sum(axis=0, dtype=np.float64)
+    mean = total / n
+    sq = np.zeros(f)
+    for i in range(0, n, _CHUNK):
+        diff = x[i:i + _CHUNK].astype(np.float64) - mean
+        sq += np.einsum("ij,ij->j", diff, diff)
+    std = np.sqrt(sq / n)
+    std = np.where(std < STD_EPSILON, 1.0, std)
+    return mean, std
+
+
+def _standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    out = np.empty(x.shape, np.float32)
+    for i in range(0, x.shape[0], _CHUNK):
+        out[i:i + _CHUNK] = (x[i:i + _CHUNK].astype(np.float64) - mean) / std
+    return out
+
+
+# --------------------------------------------------------------------------
+# MNIST-1D and the random dataset
+# --------------------------------------------------------------------------
+
+def _generate_mnist1d() -> dict[str, np.ndarray]:
+    """MNIST-1D from ``mnist1d.data.make_dataset`` with its standard arguments.
+
+    ``make_dataset`` seeds NumPy's and Python's global generators; their states
+    are restored afterwards so that generation has no side effect. It makes no
+    network access (``get_dataset`` would download a pickle; it is not used).
+    """
+    np_state = np.random.get_state()
+    py_state = _py_random.getstate()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            from mnist1d.data import get_dataset_args, make_dataset
+            raw = make_dataset(get_dataset_args())
+    finally:
+        np.random.set_state(np_state)
+        _py_random.setstate(py_state)
+    out = {
+        "x": np.asarray(raw["x"], np.float64),
+        "y": np.asarray(raw["y"], np.int64),
+        "x_test": np.asarray(raw["x_test"], np.float64),
+        "y_test": np.asarray(raw["y_test"], np.int64),
+    }
+    if (out["x"].shape != (4000, 40) or out["x_test"].shape != (1000, 40)
+            or out["y"].shape != (4000,) or out["y_test"].shape != (1000,)):
+        raise RuntimeError("mnist1d.make_dataset returned unexpected shapes "
+                           f"{ {k: v.shape for k, v in out.items()} }; expected the "
+                           "standard 4000/1000 examples of 40 features.")
+    return out
+
+
+def _mnist1d_raw() -> dict[str, np.ndarray]:
+    global _MNIST1D_RAW
+    with _CACHE_LOCK:
+        raw = _MNIST1D_RAW
+    if raw is None:
+        raw = _generate_mnist1d()
+        with _CACHE_LOCK:
+            _MNIST1D_RAW = raw
+    return raw
+
+
+def _random_raw(d):
+    rng = np.random.default_rng(int(d.seed))
+    f, c = int(d.num_features), int(d.num_classes)
+    x = rng.random((int(d.num_train), f), dtype=np.float32)
+    y = rng.integers(0, c, size=int(d.num_train))
+    x_test = rng.random((int(d.num_test), f), dtype=np.float32)
+    y_test = rng.integers(0, c, size=int(d.num_test))
+    return x, y, x_test, y_test
+
+
+# --------------------------------------------------------------------------
+# MNIST and Fashion-MNIST from local files
+# --------------------------------------------------------------------------
+
+def accepted_files(name: str) -> str:
+    """A sentence fragment listing the file names accepted for ``name``."""
+    idx = ", ".join(f"{v}[.gz]" for v in IDX_FILES.values())
+    npz = " or ".join(NPZ_FILES[name])
+    subs = ", ".join(SUBFOLDERS[name])
+    return (f"the four IDX files ({idx}) or the Keras archive {npz}, directly in "
+            f"data.path or in a subfolder named one of {subs}")
+
+
+def find_files(name: str, path: str) -> tuple[str, dict[str, str]]:
+    """``("idx", {split: file})`` or ``("npz", {"npz": file})`` for ``name`` in ``path``.
+
+    Looks in the dataset's subfolders first (so one ``data.path`` can hold
+    both datasets), then in ``path`` itself; in each folder the IDX files come
+    before the ``.npz`` archive, and an uncompressed IDX file before its
+    ``.gz``. Raises ConfigError naming the folder and the accepted files.
+    """
+    root = os.path.abspath(os.path.expanduser(str(path)))
+    if not os.path.isdir(root):
+        raise ConfigError(f"data.path = {str(path)!r} is not an existing folder; for "
+                          f"data.name = {name!r} it must hold {accepted_files(name)}.")
+    folders = [os.path.join(root, s) for s in SUBFOLDERS[name]] + [root]
+    partial: tuple[str, list[str]] | None = None
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        found, missing = {}, []
+        for split, base in IDX_FILES.items():
+            for candidate in (base, base + ".gz"):
+                full = os.path.join(folder, candidate)
+                if os.path.isfile(full):
+                    found[split] = full
+                    break
+            else:
+                missing.append(base + "[.gz]")
+        if not missing:
+            return "idx", found
+        for npz in NPZ_FILES[name]:
+            full = os.path.join(folder, npz)
+            if os.path.isfile(full):
+                return "npz", {"npz": full}
+        if found and partial is None:
+            partial = (folder, missing)
+    if partial is not None:
+        raise ConfigError(f"data.path = {str(path)!r}: the folder {partial[0]} has only "
+                          f"some of the {name} IDX files (missing "
+                          f"{', '.join(partial[1])}); it must hold {accepted_files(name)}.")
+    raise ConfigError(f"data.path = {str(path)!r} holds no {name} files; it must hold "
+                      f"{accepted_files(name)}.")
+
+
+def _load_image_files(d):
+    kind, files = find_files(d.name, d.path)
+    if kind == "idx":
+        x = read_idx(files["x_train"], ndim=3)
+        y = read_idx(files["y_train"], ndim=1)
+        x_test = read_idx(files["x_test"], ndim=3)
+        y_test = read_idx(files["y_test"], ndim=1)
+        names = (files["x_train"], files["y_train"], files["x_test"], files["y_test"])
+    else:
+        x, y, x_test, y_test = read_keras_npz(files["npz"])
+        names = (files["npz"],) * 4
+    for arr, lab, fx, fy in ((x, y, names[0], names[1]),
+                             (x_test, y_test, names[2], names[3])):
+        if arr.shape[1:] != _IMAGE_SHAPE:
+            raise ConfigError(f"The file {fx} holds images of shape "
+                              f"{arr.shape[1:]}, not {_IMAGE_SHAPE}; it is not "
+                              f"{d.name} data.")
+        if arr.shape[0] != lab.shape[0]:
+            raise ConfigError(f"The files {fx} and {fy} disagree: {arr.shape[0]} "
+                              f"images but {lab.shape[0]} labels.")
+        if lab.size and (lab.min() < 0 or lab.max() >= _NUM_CLASSES_IMAGES):
+            raise ConfigError(f"The file {fy} has labels outside 0..9 "
+                              f"(min {lab.min()}, max {lab.max()}); it is corrupt.")
+        if arr.shape[0] == 0:
+            raise ConfigError(f"The file {fx} holds no images.")
+
+    def pixels(a):
+        return (a.reshape(a.shape[0], -1).astype(np.float32) / np.float32(255.0))
+
+    return pixels(x), y.astype(np.int64), pixels(x_test), y_test.astype(np.int64)
+
+
+def _open(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _read_exact(f, n: int, path: str, what: str) -> bytes:
+    try:
+        buf = f.read(n)
+    except (OSError, EOFError, zlib.error) as e:  # bad or truncated gzip
+        raise ConfigError(f"The file {path} is corrupt ({type(e).__name__}: {e}); "
+                          "download it again.") from None
+    if len(buf) != n:
+        raise ConfigError(f"The file {path} is truncated: it ends after "
+                          f"{len(buf)} of the {n} bytes of its {what}; download it again.")
+    return buf
+
+
+def read_idx(path: str, ndim: int) -> np.ndarray:
+    """An unsigned-byte IDX array (LeCun et al.'s MNIST format) with ``ndim`` dims.
+
+    The header is two zero bytes, the type code 0x08 (unsigned byte), the
+    number of dimensions, then each dimension as a big-endian int32; the data
+    must have exactly the announced size. Raises ConfigError naming the file.
+    """
+    with _open(path) as f:
+        head = _read_exact(f, 4, path, "header")
+        if head[0] != 0 or head[1] != 0 or head[2] != 0x08 or head[3] != ndim:
+            magic = int.from_bytes(head, "big")
+            raise ConfigError(
+                f"The file {path} is not an IDX file of unsigned bytes with {ndim} "
+                f"dimensions (magic number 0x{magic:08x}, expected "
+                f"0x{0x0800 + ndim:08x}); it is corrupt or not {os.path.basename(path)}.")
+        raw_dims = _read_exact(f, 4 * ndim, path, "header")
+        dims = tuple(int.from_bytes(raw_dims[i:i + 4], "big") for i in range(0, 4 * ndim, 4))
+        size = math.prod(dims)
+        if size > _MAX_IDX_BYTES:
+            raise ConfigError(f"The file {path} announces dimensions {dims} "
+                              f"({size} bytes); it is corrupt.")
+        data = _read_exact(f, size, path, f"{dims} data")
+        try:
+            extra = f.read(1)
+        except (OSError, EOFError, zlib.error) as e:
+            raise ConfigError(f"The file {path} is corrupt ({type(e).__name__}: {e}); "
+                              "download it again.") from None
+        if extra:
+            raise ConfigError(f"The file {path} is longer than its header's dimensions "
+                              f"{dims} announce; it is corrupt.")
+    return np.frombuffer(data, np.uint8).reshape(dims)
+
+
+def read_keras_npz(path: str):
+    """``x_train, y_train, x_test, y_test`` from a Keras ``.npz`` (no pickles)."""
+    keys = ("x_train", "y_train", "x_test", "y_test")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in keys if k not in z.files]
+            if missing:
+                raise ConfigError(f"The file {path} lacks the arrays "
+                                  f"{', '.join(missing)}; a Keras archive holds "
+                                  f"{', '.join(keys)}.")
+            arrays = [np.asarray(z[k]) for k in keys]
+    except ConfigError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ConfigError(f"The file {path} is not a readable .npz archive of numeric "
+                          f"arrays ({type(e).__name__}: {e}); download it again.") from None
+    out = []
+    for k, a in zip(keys, arrays):
+        want = 3 if k.startswith("x") else 1
+        if a.ndim != want or not np.issubdtype(a.dtype, np.integer):
+            raise ConfigError(f"The file {path} has {k} of shape {a.shape} and dtype "
+                              f"{a.dtype}; expected {want}-d integers.")
+        if k.startswith("x") and a.size and (a.min() < 0 or a.max() > 255):
+            raise ConfigError(f"The file {path} has {k} pixel values outside 0..255.")
+        out.append(a.astype(np.uint8) if k.startswith("x") else a.astype(np.int64))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------
+# Validation against the data
+# --------------------------------------------------------------------------
+
+def num_train(config) -> int:
+    """The number of training examples after the validation split."""
+    d = _data_section(config)
+    if d.name == "mnist1d":
+        total = 4000
+    elif d.name == "random":
+        total = int(d.num_train)
+    else:
+        return load(d).num_train
+    return total - int(math.floor(float(d.val_fraction) * total))
+
+
+def check(config) -> None:
+    """Validates what depends on the data; raises ConfigError with one sentence.
+
+    ``data.path`` must hold the files of ``mnist``/``fashion_mnist`` (they are
+    loaded and checked), the training set must not be empty, and
+    ``data.batch_size`` must be at most the training set's size.
+    """
+    d = _data_section(config)
+    if d.name not in DATASETS:
+        raise ConfigError(f"data.name = {d.name!r} is not allowed; choose one of "
+                          f"{', '.join(repr(n) for n in DATASETS)}.")
+    if d.order not in ORDERS:
+        raise ConfigError(f"data.order = {d.order!r} is not allowed; choose one of "
+                          f"{', '.join(repr(o) for o in ORDERS)}.")
+    if d.name in ("mnist", "fashion_mnist") and not d.path:
+        raise ConfigError(f"data.path = {d.path!r} is not allowed for data.name = "
+                          f"{d.name!r}; give the folder that holds "
+                          f"{accepted_files(d.name)}.")
+    n = num_train(d)
+    if n < 1:
+        raise ConfigError(f"data.val_fraction = {d.val_fraction!r} is not allowed here; "
+                          f"it leaves no training examples of {d.name}.")
+    if int(d.batch_size) > n:
+        raise ConfigError(f"data.batch_size = {d.batch_size} is not allowed; it must be "
+                          f"<= the training set size {n} of {d.name} (after holding out "
+                          f"data.val_fraction = {d.val_fraction}), or 0 for full batch.")
+
+
+# --------------------------------------------------------------------------
+# The probe batch
+# --------------------------------------------------------------------------
+
+def probe_indices(config) -> np.ndarray:
+    """Sorted, distinct indices into ``x_train`` of the diagnostics' probe batch.
+
+    ``min(diagnostics.probe_size, n_train)`` indices drawn without replacement
+    with ``np.random.default_rng([data.seed, <probe constant>])``: they depend
+    on the data config and ``data.seed`` only, never on the member's ``seed``.
+    """
+    d = config.data
+    n = num_train(config)
+    size = min(int(config.diagnostics.probe_size), n)
+    rng = np.random.default_rng([int(d.seed), _PROBE_STREAM])
+    idx = np.sort(rng.choice(n, size=size, replace=False)).astype(np.int64)
+    idx.setflags(write=False)
+    return idx
+
+
+def probe_batch(config) -> np.ndarray:
+    """The probe inputs: ``x_train[probe_indices(config)]``, standardised as fed."""
+    return load(config).x_train[probe_indices(config)]
+
+
+# --------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------
+
+def shared_key(config) -> jax.Array:
+    """The key of ``data.order = "shared"``: derived from ``data.seed`` only."""
+    d = _data_section(config)
+    return jax.random.fold_in(jax.random.PRNGKey(int(d.seed)), _SHARED_STREAM)
+
+
+def _mulmod(s, b: int, n: int):
+    """``(s * b) % n`` for traced ``0 <= s < n`` without int32 overflow."""
+    b %= n
+    if n * max(b, 1) < 2 ** 31:
+        return (s * b) % n
+    # Double-and-add over the bits of s with precomputed (2^k b) mod n; every
+    # intermediate stays below 2n < 2^32 in uint32.
+    s = s.astype(jnp.uint32)
+    acc = jnp.zeros((), jnp.uint32)
+    c = b
+    k = 0
+    while (1 << k) < n:
+        bit = (s >> k) & jnp.uint32(1)
+        acc = acc + bit * jnp.uint32(c)
+        acc = jnp.where(acc >= n, acc - jnp.uint32(n), acc)
+        c = (2 * c) % n
+        k += 1
+    return acc.astype(jnp.int32)
+
+
+def batch_indices(step, *, num_train: int, batch_size: int, order: str,
+                  member_key=None, shared_key=None) -> jax.Array:
+    """int32 ``(B,)`` indices into the training set of one member's batch at ``step``.
+
+    Pure and deterministic in ``step`` (a Python int or traced int32 scalar), so
+    it is safe under ``jit``, ``scan`` and ``vmap`` (over ``member_key``) and a
+    resumed run sees the same batches. ``num_train``, ``batch_size`` and
+    ``order`` are static. ``batch_size = 0`` (or ``= num_train``) is the full
+    batch, ``arange(num_train)``; otherwise ``batch_size <= num_train``.
+
+    * ``shuffle``: epochs without replacement, a fresh permutation per member
+      and epoch: with ``nb = num_train // B`` batches per epoch (the remainder
+      of the permutation is dropped), ``perm = permutation(fold_in(member_key,
+      step // nb), num_train)`` and the batch is ``perm[(step % nb) * B:][:B]``.
+    * ``shared``: the same with ``shared_key`` (see :func:`shared_key`), so all
+      members see the same batches.
+    * ``sequential``: the MNIST-1D reference recipe (Greydanus, ``train.py``:
+      ``bix = (step * B) % N; x[bix:bix + B]``), except that a batch running past
+      the end wraps around to the start, so every batch has ``B`` examples.
+    """
+    n, b = int(num_train), int(batch_size)
+    if order not in ORDERS:
+        raise ValueError(f"order = {order!r} is not one of {', '.join(ORDERS)}.")
+    if b < 0 or b > n:
+        raise ValueError(f"batch_size = {b} must be in [0, num_train = {n}] "
+                         "(0 means full batch).")
+    if b == 0 or b == n:
+        return jnp.arange(n, dtype=jnp.int32)
+    step = jnp.asarray(step).astype(jnp.int32)
+    if order == "sequential":
+        start = _mulmod(step % n, b, n)
+        return ((start + jnp.arange(b, dtype=jnp.int32)) % n).astype(jnp.int32)
+    key = member_key if order == "shuffle" else shared_key
+    if key is None:
+        raise ValueError(f"order = {order!r} needs "
+                         f"{'member_key' if order == 'shuffle' else 'shared_key'}.")
+    nb = n // b
+    epoch = step // nb
+    i = step % nb
+    perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    return jax.lax.dynamic_slice(perm, (i * b,), (b,)).astype(jnp.int32)
+
+
+def device_arrays(dataset: Dataset) -> dict[str, jax.Array]:
+    """The splits as JAX arrays on the default device."""
+    return {k: jnp.asarray(v) for k, v in dataset.splits().items()}

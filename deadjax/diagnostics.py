@@ -1,0 +1,128 @@
+"""Every diagnostic of one member, on the probe batch, in eval mode.
+
+This module runs the model once on the probe batch (capturing each hidden
+layer's pre-activations ``z_l``, unit activations ``phi(z_l)``, derivatives
+``phi'(z_l)`` and outputs ``h_l``), differentiates the mean probe loss with
+respect to the parameters and to each ``z_l`` (``delta_l = dL/dz_l``), and
+hands the arrays to the pure functions of :mod:`deadjax.metrics`. Definitions
+live there and in ``docs/metrics.md``; this module only assembles them under
+the metric names of DESIGN.md. It is called inside the compiled program of a
+population (``Population.evaluate`` and ``train_chunk``), vmapped over members.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from deadjax import metrics, models
+
+
+def _layer_jacobians(pop, params, batch_stats, cap, l, n):
+    """Jacobians d h_l / d h_{l-1} of hidden layer ``l`` at the first ``n`` probe
+    inputs, shape (n, width_l, width_{l-1}), in eval mode (Glorot & Bengio 2010,
+    Sec. 4.2.2). Without normalisation it is diag(phi'(z_l)) W_l^T; BatchNorm in
+    eval mode is a per-unit affine map, so its scale gamma/sqrt(var+eps) joins
+    the diagonal; LayerNorm contributes its full Jacobian; a residual layer adds
+    the identity."""
+    w = params[f"Dense_{l}"]["kernel"]  # (in, out)
+    dphi = cap["dphi"][l][:n]
+    norm = pop.config.model.norm
+    if norm == "batch":
+        bn = batch_stats[f"BatchNorm_{l}"]
+        scale = params[f"BatchNorm_{l}"]["scale"] / jnp.sqrt(bn["var"] + models.NORM_EPSILON)
+        jac = (dphi * scale)[:, :, None] * w.T[None]
+    elif norm == "layer":
+        u = cap["affine"][l][:n]
+        width = u.shape[-1]
+        mu = u.mean(-1, keepdims=True)
+        sigma = jnp.sqrt(((u - mu) ** 2).mean(-1, keepdims=True) + models.NORM_EPSILON)
+        u_hat = (u - mu) / sigma
+        gamma = params[f"LayerNorm_{l}"]["scale"]
+        eye = jnp.eye(width)
+        dnorm = (gamma[None, :, None] / sigma[:, :, None]) * (
+            eye[None] - 1.0 / width - u_hat[:, :, None] * u_hat[:, None, :] / width)
+        jac = dphi[:, :, None] * jnp.einsum("nij,jk->nik", dnorm, w.T)
+    else:
+        jac = dphi[:, :, None] * w.T[None]
+    if pop.config.model.residual and l > 0 and w.shape[0] == w.shape[1]:
+        jac = jac + jnp.eye(w.shape[1])[None]
+    return jac
+
+
+def diagnose(pop, state, probe_x, probe_y):
+    """(scalars, histograms, dead masks) of one member; see module docstring."""
+    cfg = pop.config.diagnostics
+    families = set(cfg.families)
+    act = pop.activation
+    widths = pop.widths
+    variables = pop._variables(state)
+    zeros = [jnp.zeros((probe_x.shape[0], w), jnp.float32) for w in widths]
+
+    def probe_loss(params, perturb):
+        v = dict(variables, params=params)
+        logits, cap = pop.model.apply(v, probe_x, state.hparams, perturb=perturb, capture=True)
+        return metrics.cross_entropy(logits, probe_y), (logits, cap)
+
+    (_, (logits, cap)), (gparams, deltas) = jax.value_and_grad(
+        probe_loss, argnums=(0, 1), has_aux=True)(state.params, zeros)
+
+    out: dict = {}
+    hists: dict = {}
+    dead_masks = []
+    total_units = sum(widths)
+    total_dead = jnp.zeros((), jnp.float32)
+    for l, width in enumerate(widths):
+        z, a, dphi, h = cap["pre"][l], cap["post"][l], cap["dphi"][l], cap["out"][l]
+        where = f"layer_{l}"
+        dead = metrics.dead_units(dphi, act.max_derivative, cfg.dead_threshold)
+        dead_masks.append(dead)
+        total_dead = total_dead + dead.sum()
+        if "dead" in families:
+            out[f"dead_fraction/{where}"] = metrics.layer_fraction(dead)
+            nan = jnp.full((), jnp.nan, jnp.float32)
+            prev = state.prev_dead[l]
+            out[f"dead_persistent/{where}"] = jnp.where(
+                state.has_prev, metrics.persistent(dead, prev), nan)
+            out[f"revived/{where}"] = jnp.where(state.has_prev, metrics.revived(dead, prev), nan)
+        if "dormant" in families:
+            for tau in cfg.dormant_taus:
+                out[f"dormant_ratio_{tau:g}/{where}"] = metrics.layer_fraction(
+                    metrics.dormant_units(a, tau))
+        if "saturation" in families:
+            if act.bounded:
+                out[f"saturation/{where}"] = metrics.saturation_fraction(
+                    dphi, act.max_derivative, cfg.saturation_threshold)
+            stats = metrics.preact_stats(z)
+            for name, value in stats.items():
+                out[f"preact_{name}/{where}"] = value
+        if "signal" in families:
+            out[f"q/{where}"] = metrics.q_value(z)
+            out[f"c/{where}"] = metrics.c_value(z)
+        if "jacobian" in families:
+            n = min(cfg.jacobian_probe_size, probe_x.shape[0])
+            jac = _layer_jacobians(pop, state.params, state.batch_stats, cap, l, n)
+            sv = jax.vmap(lambda j: jnp.linalg.svd(j, compute_uv=False).mean())(jac)
+            out[f"jacobian_sv/{where}"] = sv.mean()
+        if "rank" in families:
+            out[f"effective_rank/{where}"] = metrics.effective_rank(h)
+        if "gradients" in families:
+            out[f"delta_norm/{where}"] = jnp.linalg.norm(deltas[l])
+        for kind, values in (("preact", z), ("activation", a), ("delta", deltas[l])):
+            hists[f"{kind}/{where}"] = metrics.histogram(values, cfg.histogram_bins)
+    if "dead" in families and widths:
+        out["dead_fraction/all"] = total_dead / total_units
+    if "gradients" in families:
+        names = [f"layer_{l}" for l in range(len(widths))] + ["out"]
+        for i, where in enumerate(names):
+            g = gparams[f"Dense_{i}"]
+            out[f"grad_norm/{where}"] = jnp.linalg.norm(g["kernel"])
+            out[f"bias_grad_norm/{where}"] = (jnp.linalg.norm(g["bias"]) if "bias" in g
+                                              else jnp.full((), jnp.nan, jnp.float32))
+            out[f"weight_norm/{where}"] = jnp.linalg.norm(state.params[f"Dense_{i}"]["kernel"])
+            out[f"update_ratio/{where}"] = state.update_ratio[i]
+        if widths:
+            out["grad_norm_ratio"] = (out["grad_norm/layer_0"]
+                                      / out[f"grad_norm/layer_{len(widths) - 1}"])
+    out["output_constant"] = metrics.output_constant(logits).astype(jnp.float32)
+    return out, hists, tuple(dead_masks)

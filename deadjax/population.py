@@ -1,0 +1,216 @@
+"""A population: P members of one group, trained and evaluated as one program.
+
+Everything here is written for **one member** as pure functions over a
+:class:`MemberState`; the population is ``jax.vmap`` over a leading member
+axis. :class:`Population` holds a group's static structure (model, optimiser,
+dataset shapes) and its three compiled programs:
+
+- ``init(seeds, hparams)``: every member's initial state;
+- ``evaluate(state, data)``: metrics and diagnostics of every member (used for
+  the evaluation at step 0);
+- ``train_chunk(state, data, stop)``: ``lax.scan`` over ``eval_every`` steps of
+  the vmapped training step, then the same evaluation, in one program. Steps at
+  or past ``stop`` leave a member unchanged, so a final chunk shorter than
+  ``eval_every`` reuses the same program.
+
+A member whose training loss is non-finite is marked diverged at that step and
+stops updating (its parameters stay at their last finite values); the others
+train on. Parameters are checked again at each evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from deadjax import activations, data as data_lib, diagnostics, metrics, models, optim
+
+# Per-member hyperparameters: state key -> config field.
+HPARAMS = {
+    "learning_rate": "optim.learning_rate",
+    "weight_decay": "optim.weight_decay",
+    "momentum": "optim.momentum",
+    "sigma_w": "model.sigma_w",
+    "sigma_b": "model.sigma_b",
+    "leaky_slope": "model.leaky_slope",
+    "dropout": "model.dropout",
+}
+
+MATMUL_PRECISION = {"highest": "float32", "tf32": "tensorfloat32", "bf16": "bfloat16"}
+
+
+@flax.struct.dataclass
+class MemberState:
+    """Everything that defines a member at a step (checkpointed whole)."""
+
+    step: jax.Array            # int32: training steps taken
+    params: Any
+    batch_stats: Any           # BatchNorm running statistics ({} without BatchNorm)
+    opt_state: Any             # optax state, per-member hyperparameters inside
+    key: jax.Array             # the member's dropout key; step keys are fold_in(key, step)
+    data_key: jax.Array        # the member's batch-order key
+    hparams: dict              # per-member values of HPARAMS (float32 scalars)
+    diverged: jax.Array        # bool
+    diverged_step: jax.Array   # int32, -1 while finite
+    update_ratio: jax.Array    # (L+1,) ||dW_l|| / ||W_l|| of the last step; NaN before any
+    prev_dead: tuple           # per hidden layer, bool (width,): dead at the previous evaluation
+    has_prev: jax.Array        # bool: an evaluation has happened
+    born_dead: jax.Array       # bool: output constant over the probe batch at step 0
+
+
+def hparams_of(points) -> dict[str, np.ndarray]:
+    """Stacks the per-member hyperparameters of resolved point configs."""
+    from deadjax.config import get_field
+    return {k: np.asarray([get_field(p, f) for p in points], np.float32)
+            for k, f in HPARAMS.items()}
+
+
+def _dense_names(num_hidden: int) -> list[str]:
+    return [f"Dense_{l}" for l in range(num_hidden + 1)]
+
+
+class Population:
+    """The static structure of a group and its compiled programs."""
+
+    def __init__(self, config, dataset: data_lib.Dataset):
+        self.config = config
+        self.num_classes = dataset.num_classes
+        self.num_features = dataset.x_train.shape[1]
+        self.num_train = dataset.x_train.shape[0]
+        self.model = models.from_config(config, self.num_classes)
+        self.widths = tuple(config.model.widths)
+        self.activation = activations.get(config.model.activation)
+        self.tx = optim.make(config)
+        self.precision = MATMUL_PRECISION[config.train.precision]
+        self.shared_key = jax.random.PRNGKey(config.data.seed)
+        self.has_val = dataset.x_val.shape[0] > 0
+        self.init = jax.jit(jax.vmap(self._init_member))
+        self.evaluate = jax.jit(self._evaluate_population)
+        self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
+
+    # ------------------------------------------------------------------ init
+    def _init_member(self, seed, hparams) -> MemberState:
+        key = jax.random.PRNGKey(seed)
+        init_key, dropout_key, data_key = jax.random.split(key, 3)
+        x = jnp.zeros((1, self.num_features), jnp.float32)
+        variables = self.model.init({"params": init_key}, x, hparams, train=False)
+        params = variables["params"]
+        opt_state = optim.init(self.tx, params, {k: hparams[k] for k in
+                                                 ("learning_rate", "weight_decay", "momentum")})
+        return MemberState(
+            step=jnp.zeros((), jnp.int32), params=params,
+            batch_stats=variables.get("batch_stats", {}), opt_state=opt_state,
+            key=dropout_key, data_key=data_key, hparams=hparams,
+            diverged=jnp.zeros((), bool), diverged_step=jnp.full((), -1, jnp.int32),
+            update_ratio=jnp.full((len(self.widths) + 1,), jnp.nan, jnp.float32),
+            prev_dead=tuple(jnp.zeros((w,), bool) for w in self.widths),
+            has_prev=jnp.zeros((), bool), born_dead=jnp.zeros((), bool))
+
+    # -------------------------------------------------------------- training
+    def _variables(self, state, params=None):
+        v = {"params": state.params if params is None else params}
+        if state.batch_stats:
+            v["batch_stats"] = state.batch_stats
+        return v
+
+    def _train_step(self, state: MemberState, data: dict, stop) -> MemberState:
+        cfg = self.config
+        idx = data_lib.batch_indices(
+            state.step, num_train=self.num_train, batch_size=cfg.data.batch_size,
+            order=cfg.data.order, member_key=state.data_key, shared_key=self.shared_key)
+        x, y = data["x_train"][idx], data["y_train"][idx]
+        dropout_key = jax.random.fold_in(state.key, state.step)
+
+        def loss_fn(params):
+            logits, mutated = self.model.apply(
+                self._variables(state, params), x, state.hparams, train=True,
+                dropout_key=dropout_key, mutable=["batch_stats"])
+            data_loss = metrics.cross_entropy(logits, y)
+            penalty = optim.l2_penalty(params, state.hparams["weight_decay"], cfg.optim.name)
+            return data_loss + penalty, mutated.get("batch_stats", {})
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ratio = jnp.stack([
+            jnp.linalg.norm(updates[n]["kernel"]) / jnp.linalg.norm(state.params[n]["kernel"])
+            for n in _dense_names(len(self.widths))])
+
+        running = state.step < stop
+        finite = jnp.isfinite(loss)
+        update = running & finite & ~state.diverged
+        newly_diverged = running & ~finite & ~state.diverged
+        trained = state.replace(params=params, batch_stats=batch_stats,
+                                opt_state=opt_state, update_ratio=ratio)
+        state = jax.tree.map(lambda new, old: jnp.where(update, new, old), trained, state)
+        return state.replace(
+            step=state.step + running.astype(jnp.int32),
+            diverged=state.diverged | newly_diverged,
+            diverged_step=jnp.where(newly_diverged, state.step, state.diverged_step))
+
+    # ------------------------------------------------------------ evaluation
+    def _logits(self, state, x):
+        """Eval-mode logits of one member, in slices of ``train.eval_batch_size``."""
+        size = self.config.train.eval_batch_size
+        apply = lambda xs: self.model.apply(self._variables(state), xs, state.hparams)
+        n = x.shape[0]
+        if n <= size:
+            return apply(x)
+        k = -(-n // size)
+        padded = jnp.concatenate([x, jnp.zeros((k * size - n, x.shape[1]), x.dtype)])
+        out = jax.lax.map(apply, padded.reshape(k, size, x.shape[1]))
+        return out.reshape(k * size, -1)[:n]
+
+    def _evaluate_member(self, state: MemberState, data: dict):
+        splits = ["train", "test"] + (["val"] if self.has_val else [])
+        scalars = {}
+        for split in splits:
+            logits = self._logits(state, data[f"x_{split}"])
+            labels = data[f"y_{split}"]
+            scalars[f"{split}/loss"] = metrics.cross_entropy(logits, labels)
+            scalars[f"{split}/accuracy"] = metrics.accuracy(logits, labels)
+            if split != "train":
+                scalars[f"{split}/f1_macro"] = metrics.f1_macro(logits, labels, self.num_classes)
+                scalars[f"{split}/auc_roc"] = metrics.auc_roc_ovr(logits, labels, self.num_classes)
+        finite_params = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
+                                           for p in jax.tree.leaves(state.params)]))
+        newly = ~finite_params & ~state.diverged
+        state = state.replace(diverged=state.diverged | newly,
+                              diverged_step=jnp.where(newly, state.step, state.diverged_step))
+        hists = {}
+        if self.config.diagnostics.enabled:
+            diag, hists, dead = diagnostics.diagnose(self, state, data["probe_x"], data["probe_y"])
+            born_dead = jnp.where(state.has_prev, state.born_dead, diag["output_constant"] > 0)
+            state = state.replace(prev_dead=dead, born_dead=born_dead)
+            diag["born_dead"] = born_dead.astype(jnp.float32)
+            scalars.update(diag)
+        state = state.replace(has_prev=jnp.ones((), bool))
+        scalars["diverged"] = state.diverged.astype(jnp.float32)
+        scalars["diverged_step"] = state.diverged_step
+        return state, scalars, hists
+
+    def _evaluate_population(self, state, data):
+        with jax.default_matmul_precision("float32"):
+            return jax.vmap(self._evaluate_member, in_axes=(0, None))(state, data)
+
+    def _train_chunk(self, state, data, stop):
+        def body(s, _):
+            with jax.default_matmul_precision(self.precision):
+                return jax.vmap(self._train_step, in_axes=(0, None, None))(s, data, stop), None
+        state, _ = jax.lax.scan(body, state, None, length=self.config.train.eval_every)
+        return self._evaluate_population(state, data)
+
+
+def device_data(dataset: data_lib.Dataset, probe_idx: np.ndarray) -> dict:
+    """The arrays every program reads, on the default device."""
+    d = {f"{k}_{s}": jnp.asarray(getattr(dataset, f"{k}_{s}"))
+         for s in ("train", "val", "test") for k in ("x", "y")}
+    d["probe_x"] = jnp.asarray(dataset.x_train[probe_idx])
+    d["probe_y"] = jnp.asarray(dataset.y_train[probe_idx])
+    return d

@@ -1,0 +1,102 @@
+"""The results table: one row per (point, evaluation step), written so nothing is lost.
+
+``DIR/results.parquet`` is a folder of parquet parts, one per group, chunk and
+evaluation step (``results.parquet/<group>/<chunk>/step_<step>.parquet``).
+Each part is written to a temporary name and renamed into place, so a kill at
+any moment leaves only whole parts; a part written again after a resume has
+the same name and replaces the old one, so no row is ever duplicated.
+:func:`load_results` joins the parts into one tidy DataFrame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+RESULTS = "results.parquet"
+ID_COLUMNS = ("point", "group", "step")
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Writes ``payload`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def part_path(workdir, group: str, chunk: int, step: int) -> Path:
+    return Path(workdir) / RESULTS / group / f"chunk_{chunk:04d}" / f"step_{step:09d}.parquet"
+
+
+def rows_for_evaluation(points: Sequence, step: int, scalars: Mapping[str, np.ndarray],
+                        swept_fields: Sequence[str]) -> pd.DataFrame:
+    """The rows of one evaluation: ``points`` are the chunk's real members in
+    order; ``scalars`` map metric names to arrays whose first axis covers at
+    least those members (padding members come after and are dropped)."""
+    n = len(points)
+    columns: dict = {
+        "point": [p.id for p in points],
+        "group": [p.group for p in points],
+        "step": np.full(n, step, np.int64),
+    }
+    for field in swept_fields:
+        columns[field] = [_cell(p.values.get(field)) for p in points]
+    for name in sorted(scalars):
+        columns[name] = np.asarray(scalars[name])[:n].astype(np.float64)
+    return pd.DataFrame(columns)
+
+
+def _cell(value):
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value))
+    return value
+
+
+def write_part(workdir, group: str, chunk: int, step: int, frame: pd.DataFrame) -> Path:
+    path = part_path(workdir, group, chunk, step)
+    import io
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def load_results(workdir) -> pd.DataFrame:
+    """The results table of a workdir as one tidy DataFrame, sorted by point and step.
+
+    Columns: ``point``, ``group``, ``step``, every swept field under its dotted
+    name, then the metrics (DESIGN.md names). Parts of several job-array tasks
+    or resumed runs are merged; a row appears once.
+    """
+    root = Path(workdir) / RESULTS
+    if root.is_file():
+        return pd.read_parquet(root)
+    parts = sorted(root.glob("*/chunk_*/step_*.parquet")) if root.exists() else []
+    if not parts:
+        raise FileNotFoundError(f"{root} holds no results yet: run scripts/sweep.py "
+                                f"--workdir {workdir} first.")
+    frames = [pd.read_parquet(p) for p in parts]
+    frame = pd.concat(frames, ignore_index=True, sort=False)
+    frame = frame.drop_duplicates(subset=["point", "step"], keep="last")
+    head = [c for c in ID_COLUMNS if c in frame.columns]
+    metric_cols = [c for c in frame.columns if "/" in c or c in ("diverged", "diverged_step",
+                                                                 "output_constant",
+                                                                 "born_dead",
+                                                                 "grad_norm_ratio")]
+    swept = [c for c in frame.columns if c not in head and c not in metric_cols]
+    frame = frame[head + swept + sorted(metric_cols)]
+    return frame.sort_values(["point", "step"], kind="stable").reset_index(drop=True)

@@ -1,0 +1,176 @@
+"""Runs a sweep into a workdir: the story of ``scripts/sweep.py`` top to bottom.
+
+1. resolve and validate every point (nothing compiles or is written before);
+2. write ``config.json`` (refusing a workdir of another experiment) and
+   ``points.jsonl`` (point id, overrides, group, chunk);
+3. for each group and chunk: build the population, train it, and at every
+   evaluation write the chunk's rows to the results table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+
+from deadjax import config as config_lib
+from deadjax import data as data_lib
+from deadjax import population as pop_lib
+from deadjax import results, sweep as sweep_lib, train
+from deadjax.config import ConfigError
+
+log = logging.getLogger("deadjax")
+
+
+# --------------------------------------------------------------------------
+# Workdir metadata
+# --------------------------------------------------------------------------
+
+def provenance() -> dict:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    import flax
+    import optax
+    import orbax.checkpoint as ocp
+    return {
+        "deadjax_commit": commit or "unknown",
+        "python": sys.version.split()[0],
+        "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+        "orbax_checkpoint": getattr(ocp, "__version__", "unknown"),
+        "devices": [str(d) for d in jax.devices()],
+        "backend": jax.default_backend(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _comparable(cfg: Mapping) -> dict:
+    flat = config_lib.flatten(ml_collections.ConfigDict(cfg))
+    return {k: sweep_lib._jsonable(v) for k, v in flat.items()
+            if k not in config_lib.RUN_LENGTH_FIELDS}
+
+
+def check_same_experiment(workdir: Path, base: ml_collections.ConfigDict) -> None:
+    """Refuses a workdir whose config.json differs in anything but run length."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())["config"]
+    new, before = _comparable(base.to_dict()), _comparable(old)
+    diff = sorted(k for k in set(new) | set(before) if new.get(k) != before.get(k))
+    if diff:
+        k = diff[0]
+        raise ConfigError(
+            f"{workdir} holds another experiment: {k} is {before.get(k)!r} there but "
+            f"{new.get(k)!r} now ({len(diff)} field(s) differ); use a new --workdir or "
+            "the same config (only train.steps may change).")
+
+
+def read_points(workdir: Path) -> dict[str, dict]:
+    path = workdir / "points.jsonl"
+    if not path.exists():
+        return {}
+    return {r["point"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
+
+
+def assign_chunks(groups, known: Mapping[str, dict], max_population: int) -> None:
+    """Keeps the chunk of every point seen before (resume needs the same
+    chunking) and puts new points into new chunks after them."""
+    for g in groups:
+        fresh = []
+        for p in g.points:
+            if p.id in known:
+                p.chunk = int(known[p.id]["chunk"])
+            else:
+                fresh.append(p)
+        start = 1 + max((p.chunk for p in g.points if p.chunk >= 0), default=-1)
+        for i, members in enumerate(sweep_lib.chunks(fresh, max_population)):
+            for p in members:
+                p.chunk = start + i
+
+
+def write_metadata(workdir: Path, base, sweep, points) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.json"
+    record = {"config": sweep_lib._jsonable(base), "sweep": sweep_lib._jsonable(sweep),
+              "provenance": provenance()}
+    if path.exists():
+        old = json.loads(path.read_text())
+        record["history"] = old.get("history", []) + [old.get("provenance", {})]
+    results.atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    known = read_points(workdir)
+    for p in points:
+        known[p.id] = {"point": p.id, "overrides": p.values, "group": p.group, "chunk": p.chunk}
+    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in known.values())
+    results.atomic_write_text(workdir / "points.jsonl", lines)
+
+
+# --------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------
+
+def plan(base, sweep, workdir, overrides=None):
+    """Resolves and validates everything; touches nothing on disk."""
+    points = sweep_lib.resolve_points(base, sweep, overrides)
+    groups = sweep_lib.group_points(points)
+    for g in groups:
+        data_lib.check(g.config)
+    workdir = Path(workdir).absolute()
+    check_same_experiment(workdir, _base_with(base, overrides))
+    assign_chunks(groups, read_points(workdir), base.train.max_population)
+    return points, groups, workdir
+
+
+def _base_with(base, overrides):
+    cfg = ml_collections.ConfigDict(base.to_dict())
+    for k, v in (overrides or {}).items():
+        config_lib.set_field(cfg, k, v)
+    return cfg
+
+
+def run_chunk(pop, group, chunk_index, members, data, workdir, swept, progress=None):
+    """Trains one chunk (padded to the population size) and writes its rows."""
+    size = min(group.config.train.max_population, len(group.points))
+    padded = members + [members[0]] * (size - len(members))
+    seeds = np.asarray([p.config.seed for p in padded], np.int32)
+    hparams = pop_lib.hparams_of([p.config for p in padded])
+    state = pop.init(seeds, hparams)
+    total = group.config.train.steps
+
+    def on_eval(step, state, scalars, hists):
+        host = jax.device_get(scalars)
+        frame = results.rows_for_evaluation(members, step, host, swept)
+        results.write_part(workdir, group.id, chunk_index, step, frame)
+        if progress is not None:
+            progress(group, chunk_index, step, total, len(members), host)
+
+    return train.run(pop, state, data, start=0, total=total, on_eval=on_eval)
+
+
+def run_sweep(base, sweep, workdir, overrides=None, *, progress=None) -> list:
+    """Runs (or continues) every point of the sweep into ``workdir``."""
+    points, groups, workdir = plan(base, sweep, workdir, overrides)
+    write_metadata(workdir, _base_with(base, overrides), sweep, points)
+    swept = sweep_lib.swept_fields(points)
+    for group in groups:
+        dataset = data_lib.load(group.config)
+        pop = pop_lib.Population(group.config, dataset)
+        data = pop_lib.device_data(dataset, data_lib.probe_indices(group.config))
+        by_chunk: dict[int, list] = {}
+        for p in group.points:
+            by_chunk.setdefault(p.chunk, []).append(p)
+        for chunk_index in sorted(by_chunk):
+            run_chunk(pop, group, chunk_index, by_chunk[chunk_index], data, workdir, swept,
+                      progress)
+    return points

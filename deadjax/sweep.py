@@ -1,0 +1,179 @@
+"""Sweep spec -> points -> groups -> chunks.
+
+An experiment's ``get_sweep()`` returns a list of points, each a dict from
+dotted config fields to values. :func:`product` and :func:`zipped` build such
+lists. Points that agree in every static field (all fields but
+``config.PER_MEMBER_FIELDS``) form a *group*, trained as one population in one
+compiled program; a group is split into chunks of at most
+``train.max_population`` members.
+
+Ids are content hashes, stable across runs: a point's id hashes its overrides,
+a group's id hashes its static fields. Adding seeds to a sweep keeps every old
+id, which is what lets a resumed sweep keep old results and train only new
+points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import ml_collections
+
+from deadjax import config as config_lib
+from deadjax.config import ConfigError
+
+Point = Mapping[str, Any]
+
+
+# --------------------------------------------------------------------------
+# Building sweeps
+# --------------------------------------------------------------------------
+
+def _as_points(spec) -> list[dict]:
+    if isinstance(spec, Mapping):
+        keys = list(spec)
+        values = [list(v) if not isinstance(v, (str, bytes)) else [v] for v in spec.values()]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+    return [dict(p) for p in spec]
+
+
+def product(*specs) -> list[dict]:
+    """Cartesian product of sweep specs.
+
+    Each spec is a dict from field to a list of values (itself a product over
+    its keys) or a list of points. ``product({"seed": range(3)},
+    {"model.activation": ["relu", "tanh"]})`` gives 6 points.
+    """
+    out = [{}]
+    for spec in specs:
+        out = [{**a, **b} for a in out for b in _as_points(spec)]
+    return out
+
+
+def zipped(spec: Mapping[str, Sequence]) -> list[dict]:
+    """Points that pair the i-th values of every field:
+    ``zipped({"optim.learning_rate": [1e-3, 1e-2], "train.steps": [100, 50]})``."""
+    lengths = {k: len(list(v)) for k, v in spec.items()}
+    if len(set(lengths.values())) > 1:
+        raise ConfigError(f"zipped fields must have equal lengths; got {lengths}.")
+    keys = list(spec)
+    return [dict(zip(keys, combo)) for combo in zip(*[list(v) for v in spec.values()])]
+
+
+# --------------------------------------------------------------------------
+# Experiments
+# --------------------------------------------------------------------------
+
+def load_experiment(path) -> tuple[ml_collections.ConfigDict, list[dict]]:
+    """``(get_config(), get_sweep() or [{}])`` of an experiment file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config = {str(path)!r} is not a file; give an experiment "
+                          "file such as experiments/mnist1d_mlp.py.")
+    spec = importlib.util.spec_from_file_location(f"experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sweep = module.get_sweep() if hasattr(module, "get_sweep") else [{}]
+    return module.get_config(), list(sweep)
+
+
+# --------------------------------------------------------------------------
+# Points and groups
+# --------------------------------------------------------------------------
+
+def _jsonable(value):
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, ml_collections.ConfigDict):
+        return {k: _jsonable(value[k]) for k in value.keys()}
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def canonical_json(obj) -> str:
+    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"))
+
+
+def _hash(obj, n: int = 10) -> str:
+    return hashlib.sha1(canonical_json(obj).encode()).hexdigest()[:n]
+
+
+@dataclasses.dataclass
+class PointSpec:
+    id: str
+    values: dict            # the point's own overrides (the sweep's view of it)
+    config: ml_collections.ConfigDict
+    group: str = ""
+    chunk: int = -1
+
+
+@dataclasses.dataclass
+class Group:
+    id: str
+    config: ml_collections.ConfigDict   # a representative (static fields shared)
+    points: list
+
+
+def static_fields(config) -> dict:
+    flat = config_lib.flatten(config)
+    return {k: _jsonable(v) for k, v in flat.items() if k not in config_lib.PER_MEMBER_FIELDS}
+
+
+def resolve_points(base: ml_collections.ConfigDict, sweep: Iterable[Point],
+                   overrides: Mapping[str, Any] | None = None) -> list[PointSpec]:
+    """Applies each point's overrides, then the command-line ``overrides`` (which
+    apply to every point and win), validates, and drops duplicate points."""
+    overrides = dict(overrides or {})
+    points, seen = [], set()
+    for values in sweep:
+        values = {k: v for k, v in dict(values).items()}
+        cfg = ml_collections.ConfigDict(base.to_dict())
+        for field, value in values.items():
+            try:
+                config_lib.get_field(cfg, field)
+            except KeyError:
+                raise ConfigError(f"the sweep sets {field} = {value!r}, but {field} is not "
+                                  "a config field.") from None
+            config_lib.set_field(cfg, field, _jsonable(value))
+        for field, value in overrides.items():
+            values.pop(field, None)
+            config_lib.set_field(cfg, field, value)
+        config_lib.validate(cfg)
+        pid = "p" + _hash(values)
+        if pid in seen:
+            continue
+        seen.add(pid)
+        points.append(PointSpec(id=pid, values={k: _jsonable(v) for k, v in values.items()},
+                                config=cfg))
+    return points
+
+
+def group_points(points: list[PointSpec]) -> list[Group]:
+    """Groups points by static fields, in order of first appearance."""
+    groups: dict[str, Group] = {}
+    for p in points:
+        gid = "g" + _hash(static_fields(p.config), 8)
+        p.group = gid
+        groups.setdefault(gid, Group(gid, p.config, [])).points.append(p)
+    return list(groups.values())
+
+
+def chunks(points: Sequence, size: int) -> list[list]:
+    return [list(points[i:i + size]) for i in range(0, len(points), size)]
+
+
+def swept_fields(points: Sequence[PointSpec]) -> list[str]:
+    """Fields set by any point, in order of first appearance."""
+    out: list[str] = []
+    for p in points:
+        for k in p.values:
+            if k not in out:
+                out.append(k)
+    return out

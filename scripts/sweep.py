@@ -1,0 +1,33 @@
+"""Runs every point of an experiment's sweep into a workdir; safe to re-run.
+
+    python scripts/sweep.py --config experiments/mnist1d_mlp.py --workdir runs/mnist1d_mlp \
+        [--config.train.steps=2000 ...]
+
+Command-line overrides apply to every point. A bad config value stops the run
+with one sentence naming the field, the value and what is allowed (exit 2),
+before anything compiles or is written.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from deadjax import cli
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment file (experiments/NAME.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Output folder; an existing one is resumed.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    sys.exit(cli.sweep_main(FLAGS))
+
+
+if __name__ == "__main__":
+    app.run(main)

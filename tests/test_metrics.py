@@ -1,0 +1,571 @@
+"""Tests of deadjax.metrics against independent NumPy references written here.
+
+Every reference below is a direct, loop-based transcription of the definition
+(no scikit-learn), computed in float64. The JAX functions are always called
+under ``jax.jit`` (``J`` below); the property tests check ``jax.vmap`` over a
+stacked population and invariance to the order of the probe inputs.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deadjax import metrics as M
+
+
+def J(fn, **static):
+    """``fn`` with keyword arguments bound, under jax.jit."""
+    return jax.jit(functools.partial(fn, **static))
+
+
+def relu_dphi(z):
+    """ReLU derivative as JAX defines it (relu'(0) = 0), element-wise."""
+    g = jax.vmap(jax.grad(jax.nn.relu))
+    z = jnp.asarray(z, jnp.float32)
+    return g(z.reshape(-1)).reshape(z.shape)
+
+
+def tanh_dphi(z):
+    return 1.0 - jnp.tanh(jnp.asarray(z, jnp.float32)) ** 2
+
+
+# ---------------------------------------------------------------------------
+# NumPy references (definitions, by loops)
+# ---------------------------------------------------------------------------
+
+def ref_dead(dphi, max_derivative, threshold):
+    dphi = np.asarray(dphi, np.float64)
+    n, u = dphi.shape
+    out = []
+    for j in range(u):
+        out.append(all(abs(dphi[i, j]) <= threshold * max_derivative for i in range(n)))
+    return np.array(out)
+
+
+def ref_dormant(h, tau):
+    h = np.asarray(h, np.float64)
+    n, u = h.shape
+    a = [sum(abs(h[i, j]) for i in range(n)) / n for j in range(u)]
+    m = sum(a) / u
+    s = [x / m if m > 0 else 0.0 for x in a]
+    return np.array([x <= tau for x in s])
+
+
+def ref_saturation(dphi, max_derivative, threshold):
+    dphi = np.asarray(dphi, np.float64)
+    count = 0
+    for v in dphi.reshape(-1):
+        count += abs(v) < threshold * max_derivative
+    return count / dphi.size
+
+
+def ref_q(z):
+    z = np.asarray(z, np.float64)
+    n, u = z.shape
+    return sum(sum(z[a, j] ** 2 for j in range(u)) / u for a in range(n)) / n
+
+
+def ref_c(z):
+    z = np.asarray(z, np.float64)
+    n = z.shape[0]
+    total, pairs = 0.0, 0
+    for a in range(n):
+        for b in range(n):
+            if a == b:
+                continue
+            na, nb = np.linalg.norm(z[a]), np.linalg.norm(z[b])
+            total += 0.0 if na == 0 or nb == 0 else float(z[a] @ z[b]) / (na * nb)
+            pairs += 1
+    return total / pairs
+
+
+def ref_jacobian_sv(kernel, dphi):
+    w = np.asarray(kernel, np.float64)
+    vals = []
+    for d in np.asarray(dphi, np.float64):
+        jac = np.diag(d) @ w.T                # d h_l / d h_{l-1}, (U_out, U_in)
+        vals.append(np.linalg.svd(jac, compute_uv=False).mean())
+    return float(np.mean(vals))
+
+
+def ref_effective_rank(h):
+    s = np.linalg.svd(np.asarray(h, np.float64), compute_uv=False)
+    s = s[s > s.max() * max(h.shape) * np.finfo(np.float32).eps]
+    p = s / s.sum()
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def ref_f1_macro(pred, labels):
+    classes = sorted(set(int(c) for c in labels) | set(int(c) for c in pred))
+    scores = []
+    for c in classes:
+        tp = sum(1 for p, y in zip(pred, labels) if p == c and y == c)
+        fp = sum(1 for p, y in zip(pred, labels) if p == c and y != c)
+        fn = sum(1 for p, y in zip(pred, labels) if p != c and y == c)
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores)
+
+
+def ref_auc_binary(scores, positive):
+    pos = [s for s, t in zip(scores, positive) if t]
+    neg = [s for s, t in zip(scores, positive) if not t]
+    if not pos or not neg:
+        return float("nan")
+    total = 0.0
+    for sp in pos:
+        for sn in neg:
+            total += 1.0 if sp > sn else (0.5 if sp == sn else 0.0)
+    return total / (len(pos) * len(neg))
+
+
+def ref_auc_ovr(probs, labels, num_classes):
+    aucs = []
+    for c in range(num_classes):
+        t = [int(y) == c for y in labels]
+        if any(t) and not all(t):
+            aucs.append(ref_auc_binary(list(probs[:, c]), t))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def ref_auc_by_ranks(scores, positive):
+    """Mann-Whitney via average ranks (float64), for large N."""
+    s = np.asarray(scores, np.float64)
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    pos = np.asarray(positive, bool)
+    p, q = pos.sum(), (~pos).sum()
+    return (ranks[pos].sum() - p * (p + 1) / 2.0) / (p * q)
+
+
+def softmax_np(x):
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------
+# Classification and regression
+# ---------------------------------------------------------------------------
+
+def test_cross_entropy_and_accuracy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 4)).astype(np.float32) * 3
+    labels = rng.integers(0, 4, size=50)
+    p = softmax_np(logits)
+    ce = -np.mean([math.log(p[i, labels[i]]) for i in range(50)])
+    acc = np.mean([int(np.argmax(logits[i])) == labels[i] for i in range(50)])
+    np.testing.assert_allclose(J(M.cross_entropy)(logits, labels), ce, rtol=1e-5)
+    np.testing.assert_allclose(J(M.accuracy)(logits, labels), acc, rtol=0, atol=1e-7)
+
+
+def test_f1_macro_against_loops_with_ties_and_absent_class():
+    rng = np.random.default_rng(1)
+    C = 6
+    labels = rng.integers(0, 4, size=80)            # classes 4, 5 absent from labels
+    logits = rng.integers(-2, 3, size=(80, C)).astype(np.float32)   # many ties
+    logits[:5, 4] = 10.0                            # class 4 predicted, never a label
+    logits[:, 5] = -10.0                            # class 5 neither label nor prediction
+    pred = np.argmax(logits, axis=1)                # first max, as jnp.argmax
+    assert 4 in pred and 5 not in pred and 5 not in labels
+    got = J(M.f1_macro, num_classes=C)(logits, labels)
+    np.testing.assert_allclose(got, ref_f1_macro(pred, labels), rtol=1e-6)
+    # perfect predictions -> 1; one class only present -> its F1
+    perfect = np.eye(C, dtype=np.float32)[labels] * 5
+    np.testing.assert_allclose(J(M.f1_macro, num_classes=C)(perfect, labels), 1.0)
+
+
+def test_f1_macro_hand_case():
+    # labels 0 0 1 1, predictions 0 1 1 2:
+    # class 0: TP1 FP0 FN1 -> 2/3; class 1: TP1 FP1 FN1 -> 1/2; class 2: TP0 FP1 -> 0
+    labels = np.array([0, 0, 1, 1])
+    logits = np.eye(4, dtype=np.float32)[[0, 1, 1, 2]]
+    got = J(M.f1_macro, num_classes=4)(logits, labels)
+    np.testing.assert_allclose(got, (2 / 3 + 1 / 2 + 0) / 3, rtol=1e-6)
+
+
+def test_auc_binary_hand_cases():
+    f = jax.jit(M.roc_auc_binary)
+    s = np.array([0.1, 0.4, 0.35, 0.8], np.float32)
+    t = np.array([0, 0, 1, 1], bool)
+    np.testing.assert_allclose(f(s, t), 0.75)          # the classic example
+    np.testing.assert_allclose(f(s, ~t), 0.25)
+    np.testing.assert_allclose(f(np.ones(4, np.float32), t), 0.5)   # all tied
+    assert np.isnan(f(s, np.zeros(4, bool)))
+    assert np.isnan(f(np.array([0.1, np.nan, 0.3, 0.2], np.float32), t))
+
+
+def test_auc_ovr_against_pairwise_with_ties_and_absent_class():
+    rng = np.random.default_rng(2)
+    C, N = 5, 60
+    # Ties come from repeated rows only (identical rows give bit-identical
+    # probabilities on every backend). Distinct rows whose probabilities are
+    # merely mathematically equal (e.g. permuted integer logits) can differ in
+    # the last bit between an eager softmax and the fused one under jit, so
+    # they would not make a backend-independent test.
+    logits = rng.normal(size=(N, C)).astype(np.float32)
+    logits[N // 2:] = logits[:N // 2]
+    logits[N // 2:N // 2 + 10] = logits[:10][::-1]      # a different tie structure per class
+    labels = rng.integers(0, C - 1, size=N)                         # class C-1 absent
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1), np.float64)
+    got = J(M.auc_roc_ovr, num_classes=C)(logits, labels)
+    np.testing.assert_allclose(got, ref_auc_ovr(probs, labels, C), rtol=1e-6)
+
+    cont = rng.normal(size=(N, C)).astype(np.float32)
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(cont), axis=-1), np.float64)
+    labels = rng.integers(0, C, size=N)
+    np.testing.assert_allclose(J(M.auc_roc_ovr, num_classes=C)(cont, labels),
+                               ref_auc_ovr(probs, labels, C), rtol=1e-6)
+
+
+def test_auc_ovr_undefined_and_perfect():
+    f = J(M.auc_roc_ovr, num_classes=3)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    assert np.isnan(f(np.zeros((6, 3), np.float32), np.zeros(6, int)))   # one class only
+    np.testing.assert_allclose(f(np.eye(3, dtype=np.float32)[labels] * 4, labels), 1.0)
+    assert np.isnan(f(np.full((6, 3), np.nan, np.float32), labels))
+
+
+def test_auc_large_n_float_branch():
+    rng = np.random.default_rng(3)
+    n = 70_000                                         # above the exact-integer branch
+    s = np.round(rng.normal(size=n), 2).astype(np.float32)      # many ties
+    t = rng.random(n) < 0.3 + 0.2 * (s > 0)
+    got = jax.jit(M.roc_auc_binary)(s, t)
+    np.testing.assert_allclose(got, ref_auc_by_ranks(s, t), rtol=2e-5)
+
+
+def test_mse_and_r2():
+    rng = np.random.default_rng(4)
+    y = rng.normal(size=(30, 3))
+    yhat = y + 0.3 * rng.normal(size=(30, 3))
+    y[:, 2] = 0.1                        # constant target column: R2 = 0 (not predicted)
+    ref = []
+    for k in range(3):
+        ss_res = sum((y[i, k] - yhat[i, k]) ** 2 for i in range(30))
+        mu = math.fsum(y[:, k]) / 30     # correctly rounded: a constant column's own value
+        ss_tot = sum((y[i, k] - mu) ** 2 for i in range(30))
+        ref.append(1 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0))
+    y32, yh32 = y.astype(np.float32), yhat.astype(np.float32)
+    np.testing.assert_allclose(J(M.r2)(yh32, y32), np.mean(ref), rtol=1e-5)
+    np.testing.assert_allclose(J(M.mse)(yh32, y32), np.mean((y - yhat) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(J(M.r2)(y32[:, 0], y32[:, 0]), 1.0)
+    np.testing.assert_allclose(J(M.r2)(y32[:, 2], y32[:, 2]), 1.0)   # constant, exact
+
+
+# ---------------------------------------------------------------------------
+# Dead, dormant, saturated
+# ---------------------------------------------------------------------------
+
+# columns: 0 negative everywhere, 1 exactly zero everywhere, 2 alive on exactly
+# one input, 3 positive everywhere, 4 mixed, 5 negative or exactly zero
+Z_RELU = np.array([
+    [-1.0, 0.0, -2.0, 1.0, -0.5, 0.0],
+    [-0.3, 0.0, -1.0, 2.0, 0.7, -1.0],
+    [-2.0, 0.0, 0.4, 0.1, -0.1, -0.2],
+    [-0.1, 0.0, -0.5, 3.0, 0.2, 0.0],
+    [-4.0, 0.0, -0.01, 0.5, -3.0, -5.0],
+], np.float32)
+
+
+def test_dead_relu_hand_made():
+    dphi = relu_dphi(Z_RELU)
+    assert float(dphi[0, 1]) == 0.0                   # relu'(0) = 0 in JAX
+    got = np.asarray(J(M.dead_units)(dphi, 1.0))
+    expected = np.array([True, True, False, False, False, True])
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, ref_dead(dphi, 1.0, 0.0))
+    np.testing.assert_allclose(J(M.layer_fraction)(got), 0.5)
+
+
+def test_dead_tanh_threshold():
+    z = np.array([[6.0, 0.5, -7.0],
+                  [-8.0, 9.0, -6.5],
+                  [10.0, 7.0, -9.0]], np.float32)
+    dphi = tanh_dphi(z)
+    f = jax.jit(M.dead_units)
+    np.testing.assert_array_equal(f(dphi, 1.0, 0.0), [False, False, False])
+    np.testing.assert_array_equal(f(dphi, 1.0, 1e-3), [True, False, True])
+    np.testing.assert_array_equal(f(dphi, 1.0, 1e-3), ref_dead(dphi, 1.0, 1e-3))
+    # the threshold is relative to max_derivative (sigmoid: 1/4)
+    np.testing.assert_array_equal(f(dphi * 0.25, 0.25, 1e-3), [True, False, True])
+
+
+def test_dormant_constructed():
+    # mean |h_j| = [0, 0.02, 0.08, 3.9] -> layer mean 1 -> s = the same numbers
+    h = np.array([
+        [0.0, 0.04, -0.16, 3.9],
+        [0.0, -0.04, 0.16, 3.9],
+        [0.0, 0.0, 0.0, 3.9],
+        [0.0, 0.0, 0.0, 3.9],
+    ], np.float32)
+    f = jax.jit(M.dormant_units)
+    np.testing.assert_allclose(jax.jit(M.dormant_scores)(h), [0, 0.02, 0.08, 3.9], rtol=1e-6)
+    for tau, expected in [(0.0, [1, 0, 0, 0]), (0.025, [1, 1, 0, 0]), (0.1, [1, 1, 1, 0])]:
+        np.testing.assert_array_equal(f(h, tau), np.array(expected, bool))
+        np.testing.assert_array_equal(f(h, tau), ref_dormant(h, tau))
+    # an all-zero layer: every unit dormant, for every tau >= 0
+    np.testing.assert_array_equal(f(np.zeros((3, 4), np.float32), 0.0), [True] * 4)
+    # random layer vs reference
+    rng = np.random.default_rng(5)
+    hr = np.maximum(rng.normal(size=(40, 16)) - 1.0, 0).astype(np.float32)
+    for tau in (0.0, 0.025, 0.1, 0.5):
+        np.testing.assert_array_equal(f(hr, tau), ref_dormant(hr, tau))
+
+
+def test_saturation_tanh():
+    f = J(M.saturation_fraction)
+    np.testing.assert_allclose(f(tanh_dphi(np.full((4, 3), 10.0)), 1.0, 0.01), 1.0)
+    np.testing.assert_allclose(f(tanh_dphi(np.zeros((4, 3))), 1.0, 0.01), 0.0)
+    z = np.array([[10.0, 0.0, -12.0, 0.5],
+                  [1.0, -9.0, 2.0, 0.0]], np.float32)   # 3 of 8 pairs with |z| > 3
+    dphi = tanh_dphi(z)
+    np.testing.assert_allclose(f(dphi, 1.0, 0.01), 3 / 8)
+    np.testing.assert_allclose(f(dphi, 1.0, 0.01), ref_saturation(dphi, 1.0, 0.01))
+    rng = np.random.default_rng(6)
+    dphi = tanh_dphi(rng.normal(size=(50, 20)) * 3)
+    np.testing.assert_allclose(f(dphi, 1.0, 0.05), ref_saturation(dphi, 1.0, 0.05), rtol=1e-6)
+
+
+def test_persistent_revived_pooled_masked_mean():
+    now = np.array([1, 1, 0, 0, 1], bool)
+    before = np.array([1, 0, 1, 0, 1], bool)
+    np.testing.assert_allclose(jax.jit(M.persistent)(now, before), 2 / 5)
+    np.testing.assert_allclose(jax.jit(M.revived)(now, before), 1 / 5)
+    np.testing.assert_allclose(M.pooled_fraction([now, np.array([0, 0, 0], bool)]), 3 / 8)
+    np.testing.assert_allclose(jax.jit(M.masked_mean)(np.array([1.0, np.nan, 3.0]),
+                                                      np.array([1, 0, 1], bool)), 2.0)
+    assert np.isnan(jax.jit(M.masked_mean)(np.ones(3), np.zeros(3, bool)))
+
+
+# ---------------------------------------------------------------------------
+# Signal propagation
+# ---------------------------------------------------------------------------
+
+def test_preact_stats_against_numpy():
+    rng = np.random.default_rng(7)
+    z = (rng.normal(size=(37, 11)) * 2 + 0.3).astype(np.float32)
+    got = J(M.preact_stats)(z)
+    flat = z.astype(np.float64).reshape(-1)
+    np.testing.assert_allclose(got["mean"], np.mean(flat), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["std"], np.std(flat), rtol=1e-5)
+    for q in (15, 50, 85):
+        np.testing.assert_allclose(got[f"p{q}"], np.percentile(flat, q), rtol=1e-5, atol=1e-6)
+    # interpolation between two order statistics: [0, 1, 2, 3] -> p15 = 0.45
+    small = J(M.preact_stats)(np.array([[3.0, 0.0], [1.0, 2.0]], np.float32))
+    np.testing.assert_allclose([small["p15"], small["p50"], small["p85"]], [0.45, 1.5, 2.55],
+                               rtol=1e-6)
+
+
+def test_q_and_c():
+    rng = np.random.default_rng(8)
+    z = rng.normal(size=(9, 7)).astype(np.float32)
+    z[3] = 0.0                                          # a zero row: cos = 0 with it
+    np.testing.assert_allclose(J(M.q_value)(z), ref_q(z), rtol=1e-5)
+    np.testing.assert_allclose(J(M.c_value)(z), ref_c(z), rtol=1e-4, atol=1e-6)
+    same = np.tile(rng.normal(size=(1, 7)), (6, 1)).astype(np.float32)
+    np.testing.assert_allclose(J(M.c_value)(same), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(J(M.c_value)(same * np.arange(1, 7)[:, None]), 1.0, rtol=1e-5)
+    orth = np.eye(5, 8, dtype=np.float32) * 3.0
+    np.testing.assert_allclose(J(M.c_value)(orth), 0.0, atol=1e-7)
+    anti = np.array([[1.0, 2.0], [-1.0, -2.0]], np.float32)
+    np.testing.assert_allclose(J(M.c_value)(anti), -1.0, rtol=1e-6)
+    assert np.isnan(J(M.c_value)(z[:1]))
+    assert np.isfinite(J(M.c_value)(np.zeros((4, 3), np.float32)))
+    np.testing.assert_allclose(J(M.q_value)(np.full((3, 4), 2.0, np.float32)), 4.0)
+
+
+# ---------------------------------------------------------------------------
+# Jacobian and rank
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("u_in,u_out", [(8, 8), (12, 5), (4, 9)])
+def test_jacobian_mean_singular_value(u_in, u_out):
+    rng = np.random.default_rng(9)
+    w = (rng.normal(size=(u_in, u_out)) / np.sqrt(u_in)).astype(np.float32)
+    dphi = tanh_dphi(rng.normal(size=(6, u_out)) * 1.5)
+    got = J(M.jacobian_mean_singular_value)(w, dphi)
+    np.testing.assert_allclose(got, ref_jacobian_sv(w, dphi), rtol=1e-5)
+
+
+def test_jacobian_orthogonal_linear_is_one():
+    q = np.linalg.qr(np.random.default_rng(10).normal(size=(6, 6)))[0].astype(np.float32)
+    np.testing.assert_allclose(J(M.jacobian_mean_singular_value)(q, np.ones((3, 6))), 1.0,
+                               rtol=1e-5)
+    # half the units with phi' = 0: half the singular values vanish
+    d = np.array([[1, 1, 1, 0, 0, 0]], np.float32)
+    np.testing.assert_allclose(J(M.jacobian_mean_singular_value)(q, d), 0.5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("a,b", [(16, 16), (9, 21), (21, 9)])
+def test_singular_values_against_numpy_svd(a, b):
+    rng = np.random.default_rng(15)
+    m = rng.normal(size=(a, b)) * np.logspace(0, -5, b)     # widely spread spectrum
+    m = m.astype(np.float32)
+    ref = np.linalg.svd(m.astype(np.float64), compute_uv=False)
+    got = np.asarray(jax.jit(M.singular_values)(m))
+    assert got.shape == (min(a, b),)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * ref[0])
+    h = (rng.normal(size=(50, 12)) * np.logspace(0, -5, 12)).astype(np.float32)
+    np.testing.assert_allclose(jax.jit(M.representation_singular_values)(h),
+                               np.linalg.svd(h.astype(np.float64), compute_uv=False),
+                               rtol=0, atol=1e-6 * np.abs(h).max() * 10)
+
+
+@pytest.mark.parametrize("n,u,k", [(64, 16, 1), (64, 16, 3), (1024, 128, 5), (8, 32, 4),
+                                   (20, 20, 20)])
+def test_effective_rank_equal_singular_values(n, u, k):
+    rng = np.random.default_rng(11)
+    a = np.linalg.qr(rng.normal(size=(n, k)))[0]
+    b = np.linalg.qr(rng.normal(size=(u, k)))[0]
+    h = (2.5 * a @ b.T).astype(np.float32)               # k singular values equal to 2.5
+    np.testing.assert_allclose(J(M.effective_rank)(h), k, rtol=1e-4)
+
+
+def test_effective_rank_random_and_zero():
+    rng = np.random.default_rng(12)
+    h = np.maximum(rng.normal(size=(100, 24)) @ rng.normal(size=(24, 24)), 0).astype(np.float32)
+    np.testing.assert_allclose(J(M.effective_rank)(h), ref_effective_rank(h), rtol=1e-5)
+    h2 = (rng.normal(size=(10, 30)) * np.logspace(0, -3, 30)).astype(np.float32)
+    np.testing.assert_allclose(J(M.effective_rank)(h2), ref_effective_rank(h2), rtol=1e-5)
+    assert float(J(M.effective_rank)(np.zeros((5, 4), np.float32))) == 0.0
+
+
+# ---------------------------------------------------------------------------
+# Output and histogram
+# ---------------------------------------------------------------------------
+
+def test_output_constant():
+    f = jax.jit(M.output_constant)
+    const = np.tile(np.array([[0.3, -1.2, 5.0]], np.float32), (7, 1))
+    assert bool(f(const))
+    assert bool(f(const + np.float32(1e-7) * np.arange(7)[:, None].astype(np.float32)))
+    varied = const.copy()
+    varied[4, 1] += 1e-3
+    assert not bool(f(varied))
+    assert not bool(f(np.random.default_rng(13).normal(size=(7, 3))))
+    nan = const.copy()
+    nan[2, 0] = np.nan
+    assert not bool(f(nan))
+
+
+@pytest.mark.parametrize("num_bins", [1, 2, 7, 41])
+def test_histogram_against_numpy(num_bins):
+    rng = np.random.default_rng(14)
+    v = rng.normal(size=(33, 9)).astype(np.float32)
+    v[0, 0] = v[1, 1]                                   # a duplicate value
+    lo, hi, counts = J(M.histogram, num_bins=num_bins)(v)
+    assert counts.shape == (num_bins,)
+    assert float(lo) == v.min() and float(hi) == v.max()
+    edges = np.asarray(jnp.linspace(lo, hi, num_bins + 1))
+    np.testing.assert_array_equal(counts, np.histogram(v, bins=edges)[0])
+    np.testing.assert_array_equal(counts, np.histogram(v, bins=num_bins)[0])
+    assert int(counts.sum()) == v.size
+
+
+def test_histogram_constant_and_nonfinite():
+    f = J(M.histogram, num_bins=5)
+    lo, hi, counts = f(np.full(6, 2.0, np.float32))
+    np.testing.assert_array_equal(counts, np.histogram(np.full(6, 2.0), bins=5)[0])
+    np.testing.assert_array_equal(counts, [0, 0, 6, 0, 0])
+    np.testing.assert_allclose([lo, hi], [1.5, 2.5])
+    v = np.array([0.0, 1.0, np.nan, np.inf, 0.5, -np.inf], np.float32)
+    lo, hi, counts = f(v)
+    assert (float(lo), float(hi)) == (0.0, 1.0)
+    np.testing.assert_array_equal(counts, np.histogram(v[np.isfinite(v)], bins=5)[0])
+    lo, hi, counts = f(np.full(3, np.nan, np.float32))
+    assert np.isnan(lo) and np.isnan(hi) and int(counts.sum()) == 0
+
+
+# ---------------------------------------------------------------------------
+# Properties: vmap over members equals per-member calls; row-order invariance
+# ---------------------------------------------------------------------------
+
+C = 4
+
+
+def _member_arrays(seed):
+    """The inputs of every metric for one member."""
+    rng = np.random.default_rng(seed)
+    n, u = 24, 10
+    z = (rng.normal(size=(n, u)) * 2).astype(np.float32)
+    z[:, 0] = -np.abs(z[:, 0]) - 0.1                    # a dead ReLU unit
+    logits = rng.normal(size=(n, C)).astype(np.float32)
+    logits[n // 2:] = logits[:n // 2]                   # exact ties (see the AUC test)
+    return dict(
+        logits=logits,
+        labels=rng.integers(0, C, size=n).astype(np.int32),
+        z=z,
+        h=np.maximum(z, 0),
+        dphi=np.asarray(relu_dphi(z)),
+        tdphi=np.asarray(tanh_dphi(z)),
+        kernel=rng.normal(size=(7, u)).astype(np.float32),
+        out=rng.normal(size=(n, 3)).astype(np.float32),
+        target=rng.normal(size=(n, 3)).astype(np.float32),
+    )
+
+
+# name -> function of one member's arrays (returns an array or a pytree)
+METRICS = {
+    "cross_entropy": lambda a: M.cross_entropy(a["logits"], a["labels"]),
+    "accuracy": lambda a: M.accuracy(a["logits"], a["labels"]),
+    "f1_macro": lambda a: M.f1_macro(a["logits"], a["labels"], C),
+    "auc_roc_ovr": lambda a: M.auc_roc_ovr(a["logits"], a["labels"], C),
+    "mse": lambda a: M.mse(a["out"], a["target"]),
+    "r2": lambda a: M.r2(a["out"], a["target"]),
+    "dead_units": lambda a: M.dead_units(a["dphi"], 1.0),
+    "dead_units_thr": lambda a: M.dead_units(a["tdphi"], 1.0, 0.05),
+    "dormant_units": lambda a: M.dormant_units(a["h"], 0.1),
+    "dormant_scores": lambda a: M.dormant_scores(a["h"]),
+    "saturation": lambda a: M.saturation_fraction(a["tdphi"], 1.0, 0.01),
+    "preact_stats": lambda a: M.preact_stats(a["z"]),
+    "q": lambda a: M.q_value(a["z"]),
+    "c": lambda a: M.c_value(a["z"]),
+    "jacobian_sv": lambda a: M.jacobian_mean_singular_value(a["kernel"], a["tdphi"][:5]),
+    "effective_rank": lambda a: M.effective_rank(a["h"]),
+    "output_constant": lambda a: M.output_constant(a["out"]),
+    "histogram": lambda a: M.histogram(a["z"], 9),
+    "persistent": lambda a: M.persistent(a["dphi"][0] == 0, a["dphi"][1] == 0),
+    "revived": lambda a: M.revived(a["dphi"][0] == 0, a["dphi"][1] == 0),
+    "layer_fraction": lambda a: M.layer_fraction(M.dead_units(a["dphi"], 1.0)),
+}
+
+ROW_ARRAYS = ("logits", "labels", "z", "h", "dphi", "tdphi", "out", "target")
+ORDER_DEPENDENT = {"persistent", "revived", "jacobian_sv"}   # use specific rows by design
+
+
+def _close(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64),
+                                   rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_vmap_over_members_equals_per_member(name):
+    fn = METRICS[name]
+    members = [_member_arrays(s) for s in range(3)]
+    stacked = {k: np.stack([m[k] for m in members]) for k in members[0]}
+    batched = jax.jit(jax.vmap(fn))(stacked)
+    single = jax.jit(fn)
+    for i, m in enumerate(members):
+        _close(jax.tree_util.tree_map(lambda x: x[i], batched), single(m))
+
+
+@pytest.mark.parametrize("name", sorted(set(METRICS) - ORDER_DEPENDENT))
+def test_invariant_to_probe_order(name):
+    fn = jax.jit(METRICS[name])
+    a = _member_arrays(42)
+    perm = np.random.default_rng(0).permutation(a["z"].shape[0])
+    b = {k: (v[perm] if k in ROW_ARRAYS else v) for k, v in a.items()}
+    _close(fn(a), fn(b))
