@@ -50,6 +50,19 @@ def _layer_jacobians(pop, params, batch_stats, cap, l, n):
     return jac
 
 
+def _after(x, token):
+    """``x``, computed only once ``token`` is.
+
+    XLA:CPU runs independent LAPACK custom calls (QR, eigh) concurrently, and
+    each batched kernel then waits for work it queued on the same thread pool:
+    on a 2-core machine two of them deadlock (seen with jaxlib 0.10.2, a QR
+    and an eigh each blocked in ``ParallelBatchMap``). A real data dependency
+    (an optimisation barrier is not one for the CPU runtime's scheduler) makes
+    them run one after another; the added zero costs one elementwise pass.
+    """
+    return x + 0.0 * token
+
+
 def diagnose(pop, state, probe_x, probe_y):
     """(scalars, histograms, dead masks) of one member; see module docstring."""
     cfg = pop.config.diagnostics
@@ -72,6 +85,7 @@ def diagnose(pop, state, probe_x, probe_y):
     dead_masks = []
     total_units = sum(widths)
     total_dead = jnp.zeros((), jnp.float32)
+    token = jnp.zeros((), jnp.float32)  # orders the linear-algebra calls (see _after)
     for l, width in enumerate(widths):
         z, a, dphi, h = cap["pre"][l], cap["post"][l], cap["dphi"][l], cap["out"][l]
         where = f"layer_{l}"
@@ -101,11 +115,12 @@ def diagnose(pop, state, probe_x, probe_y):
             out[f"c/{where}"] = metrics.c_value(z)
         if "jacobian" in families:
             n = min(cfg.jacobian_probe_size, probe_x.shape[0])
-            jac = _layer_jacobians(pop, state.params, state.batch_stats, cap, l, n)
-            sv = jax.vmap(lambda j: jnp.linalg.svd(j, compute_uv=False).mean())(jac)
-            out[f"jacobian_sv/{where}"] = sv.mean()
+            jac = _after(_layer_jacobians(pop, state.params, state.batch_stats, cap, l, n),
+                         token)
+            sv = jax.vmap(lambda j: metrics.singular_values(j).mean())(jac)
+            out[f"jacobian_sv/{where}"] = token = sv.mean()
         if "rank" in families:
-            out[f"effective_rank/{where}"] = metrics.effective_rank(h)
+            out[f"effective_rank/{where}"] = token = metrics.effective_rank(_after(h, token))
         if "gradients" in families:
             out[f"delta_norm/{where}"] = jnp.linalg.norm(deltas[l])
         for kind, values in (("preact", z), ("activation", a), ("delta", deltas[l])):

@@ -408,7 +408,7 @@ def test_jacobian_orthogonal_linear_is_one():
     np.testing.assert_allclose(J(M.jacobian_mean_singular_value)(q, d), 0.5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("a,b", [(16, 16), (9, 21), (21, 9)])
+@pytest.mark.parametrize("a,b", [(16, 16), (9, 21), (21, 9), (40, 24)])
 def test_singular_values_against_numpy_svd(a, b):
     rng = np.random.default_rng(15)
     m = rng.normal(size=(a, b)) * np.logspace(0, -5, b)     # widely spread spectrum
@@ -416,11 +416,11 @@ def test_singular_values_against_numpy_svd(a, b):
     ref = np.linalg.svd(m.astype(np.float64), compute_uv=False)
     got = np.asarray(jax.jit(M.singular_values)(m))
     assert got.shape == (min(a, b),)
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * ref[0])
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6 * ref[0])
     h = (rng.normal(size=(50, 12)) * np.logspace(0, -5, 12)).astype(np.float32)
     np.testing.assert_allclose(jax.jit(M.representation_singular_values)(h),
                                np.linalg.svd(h.astype(np.float64), compute_uv=False),
-                               rtol=0, atol=1e-6 * np.abs(h).max() * 10)
+                               rtol=0, atol=2e-6 * np.linalg.norm(h, 2))
 
 
 @pytest.mark.parametrize("n,u,k", [(64, 16, 1), (64, 16, 3), (1024, 128, 5), (8, 32, 4),
