@@ -70,7 +70,8 @@ def diagnose(pop, state, probe_x, probe_y):
     act = pop.activation
     widths = pop.widths
     variables = pop._variables(state)
-    zeros = [jnp.zeros((probe_x.shape[0], w), jnp.float32) for w in widths]
+    logits_dtype = jax.tree.leaves(state.params)[0].dtype
+    zeros = [jnp.zeros((probe_x.shape[0], w), logits_dtype) for w in widths]
 
     def probe_loss(params, perturb):
         v = dict(variables, params=params)

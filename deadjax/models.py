@@ -62,7 +62,8 @@ class Dense(nn.Module):
             return initializers.dense_params(
                 key, fan_in, self.features, kernel_init=self.kernel_init,
                 bias_init=self.bias_init, mode=self.init_mode, gain=self.init_gain,
-                sigma_w=sigma_w, sigma_b=sigma_b, bias_value=self.bias_value)[which]
+                sigma_w=sigma_w, sigma_b=sigma_b, bias_value=self.bias_value,
+                dtype=jax.dtypes.canonicalize_dtype(jnp.float64))[which]  # x64 aware
 
         kernel = self.param("kernel", lambda _: draw(0))
         y = jnp.dot(x, kernel)
@@ -100,6 +101,7 @@ class MLP(nn.Module):
                      init_mode=self.init_mode, init_gain=self.init_gain,
                      bias_value=self.bias_value)
         sigma_w, sigma_b = hyper["sigma_w"], hyper["sigma_b"]
+        dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float64 under jax_enable_x64
         cap = {"affine": [], "pre": [], "post": [], "dphi": [], "out": []}
         h = x
         for l, width in enumerate(self.widths):
@@ -109,14 +111,16 @@ class MLP(nn.Module):
                 cap["affine"].append(z)
             if self.norm == "batch":
                 z = nn.BatchNorm(use_running_average=not train, momentum=BATCHNORM_MOMENTUM,
-                                 epsilon=NORM_EPSILON, name=f"BatchNorm_{l}")(z)
+                                 epsilon=NORM_EPSILON, param_dtype=dtype,
+                                 name=f"BatchNorm_{l}")(z)
             elif self.norm == "layer":
-                z = nn.LayerNorm(epsilon=NORM_EPSILON, name=f"LayerNorm_{l}")(z)
+                z = nn.LayerNorm(epsilon=NORM_EPSILON, param_dtype=dtype,
+                                 name=f"LayerNorm_{l}")(z)
             if perturb is not None:
                 z = z + perturb[l]
             if act.learnable_slope:
                 slope = self.param(f"PReLU_{l}",
-                                   nn.initializers.constant(PRELU_INITIAL_SLOPE), (width,))
+                                   nn.initializers.constant(PRELU_INITIAL_SLOPE), (width,), dtype)
             else:
                 slope = hyper["leaky_slope"]
             a = act.fn(z, slope)

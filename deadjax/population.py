@@ -64,10 +64,15 @@ class MemberState:
     born_dead: jax.Array       # bool: output constant over the probe batch at step 0
 
 
+def float_dtype():
+    """float64 under ``jax_enable_x64`` (used by the exactness tests), else float32."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
 def hparams_of(points) -> dict[str, np.ndarray]:
     """Stacks the per-member hyperparameters of resolved point configs."""
     from deadjax.config import get_field
-    return {k: np.asarray([get_field(p, f) for p in points], np.float32)
+    return {k: np.asarray([get_field(p, f) for p in points], float_dtype())
             for k, f in HPARAMS.items()}
 
 
@@ -98,7 +103,7 @@ class Population:
     def _init_member(self, seed, hparams) -> MemberState:
         key = jax.random.PRNGKey(seed)
         init_key, dropout_key, data_key = jax.random.split(key, 3)
-        x = jnp.zeros((1, self.num_features), jnp.float32)
+        x = jnp.zeros((1, self.num_features), float_dtype())
         variables = self.model.init({"params": init_key}, x, hparams, train=False)
         params = variables["params"]
         opt_state = optim.init(self.tx, params, {k: hparams[k] for k in
@@ -108,7 +113,7 @@ class Population:
             batch_stats=variables.get("batch_stats", {}), opt_state=opt_state,
             key=dropout_key, data_key=data_key, hparams=hparams,
             diverged=jnp.zeros((), bool), diverged_step=jnp.full((), -1, jnp.int32),
-            update_ratio=jnp.full((len(self.widths) + 1,), jnp.nan, jnp.float32),
+            update_ratio=jnp.full((len(self.widths) + 1,), jnp.nan, float_dtype()),
             prev_dead=tuple(jnp.zeros((w,), bool) for w in self.widths),
             has_prev=jnp.zeros((), bool), born_dead=jnp.zeros((), bool))
 
@@ -133,7 +138,10 @@ class Population:
                 dropout_key=dropout_key, mutable=["batch_stats"])
             data_loss = metrics.cross_entropy(logits, y)
             penalty = optim.l2_penalty(params, state.hparams["weight_decay"], cfg.optim.name)
-            return data_loss + penalty, mutated.get("batch_stats", {})
+            # Flax keeps running statistics in float32 whatever the compute dtype.
+            stats = jax.tree.map(lambda new, old: new.astype(old.dtype),
+                                 mutated.get("batch_stats", {}), state.batch_stats)
+            return data_loss + penalty, stats
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
@@ -143,7 +151,9 @@ class Population:
             for n in _dense_names(len(self.widths))])
 
         running = state.step < stop
-        finite = jnp.isfinite(loss)
+        # A step that makes the loss or the parameters non-finite is not taken.
+        finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+            [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
         update = running & finite & ~state.diverged
         newly_diverged = running & ~finite & ~state.diverged
         trained = state.replace(params=params, batch_stats=batch_stats,

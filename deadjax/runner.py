@@ -158,6 +158,17 @@ def run_chunk(pop, group, chunk_index, members, data, workdir, swept, progress=N
     return train.run(pop, state, data, start=0, total=total, on_eval=on_eval)
 
 
+_POPULATIONS: dict = {}
+
+
+def population_for(group, dataset) -> pop_lib.Population:
+    """The group's Population, built once per process: its compiled programs
+    are reused by every chunk and by a rerun in the same process."""
+    if group.id not in _POPULATIONS:
+        _POPULATIONS[group.id] = pop_lib.Population(group.config, dataset)
+    return _POPULATIONS[group.id]
+
+
 def run_sweep(base, sweep, workdir, overrides=None, *, progress=None) -> list:
     """Runs (or continues) every point of the sweep into ``workdir``."""
     points, groups, workdir = plan(base, sweep, workdir, overrides)
@@ -165,7 +176,7 @@ def run_sweep(base, sweep, workdir, overrides=None, *, progress=None) -> list:
     swept = sweep_lib.swept_fields(points)
     for group in groups:
         dataset = data_lib.load(group.config)
-        pop = pop_lib.Population(group.config, dataset)
+        pop = population_for(group, dataset)
         data = pop_lib.device_data(dataset, data_lib.probe_indices(group.config))
         by_chunk: dict[int, list] = {}
         for p in group.points:

@@ -1,0 +1,378 @@
+"""Paper-style figures drawn from the results table (never from TensorBoard files).
+
+Every function takes the tidy DataFrame of :func:`deadjax.load_results` and
+returns a :class:`matplotlib.figure.Figure` (Agg canvas, no pyplot state), so
+the same calls work in scripts, tests and notebooks.
+
+Aggregation, stated on every figure that uses it:
+
+* a **configuration** is one combination of the swept fields other than
+  ``seed`` (DESIGN.md: the swept fields are the columns between
+  ``point, group, step`` and the metrics);
+* its **line** is the mean over its seeds at each step;
+* its **band** is the min–max range over those seeds (with few seeds this is
+  the honest spread: every seed lies inside it); ``n`` in the legend is the
+  number of seeds (points) of the configuration.
+
+Non-finite values (a diverged member's ``inf``/``NaN`` loss, the ``NaN`` of
+``update_ratio`` at step 0) are left out of means and bands at that step.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from deadjax import results
+
+DPI = 100
+BAND_TEXT = "line: mean over seeds; band: min–max over seeds; n = seeds per configuration"
+DEAD_DEFINITION = ("dead unit: φ'(z_j(x)) = 0 on every probe input x "
+                   "(|φ'| ≤ θ·max|φ'| for diagnostics.dead_threshold θ > 0)")
+FINAL_TEXT = "final = value at each point's last evaluated step"
+_NON_METRIC_NAMES = ("diverged", "diverged_step", "output_constant", "born_dead",
+                     "grad_norm_ratio")
+_MAX_LEGEND = 12
+
+
+# ---------------------------------------------------------------------------
+# Columns of the results table
+# ---------------------------------------------------------------------------
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The metric columns: ``family/where`` names and the few flat ones (DESIGN.md)."""
+    return [c for c in frame.columns
+            if c not in results.ID_COLUMNS and ("/" in c or c in _NON_METRIC_NAMES)]
+
+
+def swept_fields(frame: pd.DataFrame) -> list[str]:
+    """The swept config fields (dotted names), in table order."""
+    metrics = set(metric_columns(frame))
+    return [c for c in frame.columns if c not in results.ID_COLUMNS and c not in metrics]
+
+
+def check_metric(frame: pd.DataFrame, metric: str) -> None:
+    """Raises ``KeyError`` with one sentence naming the available metrics."""
+    if metric not in frame.columns or metric not in metric_columns(frame):
+        raise KeyError(f"metric {metric!r} is not in the results table; available: "
+                       f"{', '.join(metric_columns(frame)) or '(none)'}.")
+
+
+def configuration_fields(frame: pd.DataFrame) -> list[str]:
+    """Swept fields that tell configurations apart: all but ``seed``, and only
+    those with more than one value (a constant field adds nothing to a label)."""
+    return [f for f in swept_fields(frame)
+            if f != "seed" and frame[f].nunique(dropna=False) > 1]
+
+
+# ---------------------------------------------------------------------------
+# Aggregation (kept separate from drawing so tests can recompute it)
+# ---------------------------------------------------------------------------
+
+def _keys(frame: pd.DataFrame, fields: Sequence[str]) -> list[tuple]:
+    if not fields:
+        return [()] * len(frame)
+    cells = frame[list(fields)].astype(object)
+    cells = cells.where(cells.notna(), None)  # NaN != NaN would split one group
+    return list(cells.itertuples(index=False, name=None))
+
+
+def _sort_key(key: tuple) -> tuple:
+    """Numbers in numeric order, then everything else by its text."""
+    return tuple((0, float(v), "") if isinstance(v, (int, float, np.number))
+                 and not isinstance(v, bool) else (1, 0.0, str(v)) for v in key)
+
+
+def aggregate(frame: pd.DataFrame, metric: str, x: str, fields: Sequence[str]):
+    """``[(key, (n_min, n_max), x, mean, lo, hi)]``, one per combination of ``fields``.
+
+    Over the points of each combination (seeds, and any swept field not in
+    ``fields``), at each value of column ``x``: mean, min and max of the finite
+    values of ``metric``. ``n_min``..``n_max`` is the range over ``x`` of the
+    number of points with a row at that ``x`` (equal unless some points stopped
+    early).
+    """
+    values = frame[metric].astype(float).where(np.isfinite(frame[metric].astype(float)))
+    work = pd.DataFrame({"_x": frame[x].to_numpy(), "_v": values.to_numpy(),
+                         "_point": frame["point"].to_numpy()})
+    out = []
+    buckets: dict = {}
+    for i, key in enumerate(_keys(frame, fields)):
+        buckets.setdefault(key, []).append(i)
+    for key in sorted(buckets, key=_sort_key):
+        sub = work.iloc[buckets[key]]
+        by_x = sub.groupby("_x", sort=True)
+        stats = by_x["_v"].agg(["mean", "min", "max"])
+        counts = by_x["_point"].nunique()
+        n = (int(counts.min()), int(counts.max()))
+        out.append((key, n, stats.index.to_numpy(),
+                    stats["mean"].to_numpy(), stats["min"].to_numpy(),
+                    stats["max"].to_numpy()))
+    return out
+
+
+def final_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each point's row at its last evaluated step."""
+    return frame.sort_values(["point", "step"], kind="stable").groupby("point").tail(1)
+
+
+# ---------------------------------------------------------------------------
+# Drawing helpers
+# ---------------------------------------------------------------------------
+
+def _figure(width: float = 6.4, height: float = 4.2) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _short_names(fields: Sequence[str]) -> list[str]:
+    """Last dotted component, or the full name where that would be ambiguous."""
+    last = [f.rsplit(".", 1)[-1] for f in fields]
+    return [s if last.count(s) == 1 else f for f, s in zip(fields, last)]
+
+
+def _fmt(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        return f"{value:g}"
+    return str(value)
+
+
+def _label(fields: Sequence[str], key: tuple, n: tuple[int, int]) -> str:
+    parts = [f"{name}={_fmt(v)}" for name, v in zip(_short_names(fields), key)]
+    count = f"n={n[0]}" if n[0] == n[1] else f"n={n[0]}–{n[1]}"
+    return ", ".join(parts + [count])
+
+
+def _caption(fig: Figure, text: str) -> None:
+    """Small text under the axes, wrapped to the figure's width."""
+    width = int(fig.get_figwidth() * 20)  # x-small characters per inch, roughly
+    lines = textwrap.wrap(text, width)
+    fig.text(0.01, 0.005, "\n".join(lines), fontsize="x-small", va="bottom")
+    bottom = (0.13 * len(lines) + 0.05) / fig.get_figheight()  # inches of text -> fraction
+    fig.get_layout_engine().set(rect=(0, bottom, 1, 1 - bottom))
+
+
+def _legend(ax, count: int) -> None:
+    if count <= _MAX_LEGEND:
+        ax.legend(fontsize="small", loc="best")
+    else:
+        ax.text(0.99, 0.01, f"{count} lines (legend omitted)", transform=ax.transAxes,
+                ha="right", va="bottom", fontsize="small")
+
+
+def _aggregation_caption(frame: pd.DataFrame, fields: Sequence[str]) -> str:
+    pooled = [f for f in configuration_fields(frame) if f not in fields]
+    if not pooled:
+        return BAND_TEXT
+    over = ", ".join(["seeds"] + pooled)
+    return f"line: mean over {over} (pooled); band: min–max over them; n = points per line"
+
+
+def _draw_bands(ax, groups, fields, markers: bool = False) -> None:
+    """One mean line (gid "mean") and one min–max band (gid "band") per group."""
+    for key, n, x, mean, lo, hi in groups:
+        marker = "o" if markers or len(x) < 12 else None
+        (line,) = ax.plot(x, mean, marker=marker, markersize=3,
+                          label=_label(fields, key, n), gid="mean")
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0,
+                        label="_band", gid="band")
+
+
+def _use_log_x(field: str, xs: np.ndarray) -> bool:
+    xs = np.asarray(xs, float)
+    xs = xs[np.isfinite(xs)]
+    if xs.size == 0 or np.any(xs <= 0):
+        return False
+    return "learning_rate" in field or xs.max() / xs.min() > 100.0
+
+
+# ---------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------
+
+def metric_curves(frame: pd.DataFrame, metric: str, *, by: Sequence[str] | None = None,
+                  aggregate_seeds: bool = True) -> Figure:
+    """``metric`` against training steps.
+
+    With ``aggregate_seeds`` (used when the table has a ``seed`` column): one
+    line per configuration (``by``, default every swept field but ``seed``) at
+    the mean over its points, with a min–max band; the caption says so and the
+    legend gives ``n``. Otherwise one line per point, coloured per point.
+    """
+    check_metric(frame, metric)
+    fig = _figure()
+    ax = fig.add_subplot()
+    if aggregate_seeds and "seed" in frame.columns:
+        fields = list(by) if by is not None else configuration_fields(frame)
+        unknown = [f for f in fields if f not in swept_fields(frame)]
+        if unknown:
+            raise KeyError(f"by names {', '.join(map(repr, unknown))}, not swept fields; "
+                           f"swept: {', '.join(swept_fields(frame)) or '(none)'}.")
+        groups = aggregate(frame, metric, "step", fields)
+        _draw_bands(ax, groups, fields)
+        _legend(ax, len(groups))
+        _caption(fig, _aggregation_caption(frame, fields))
+    else:
+        fields = configuration_fields(frame) + (["seed"] if "seed" in frame.columns else [])
+        points = frame.sort_values(["point", "step"], kind="stable").groupby("point", sort=True)
+        for point, sub in points:
+            key = tuple(sub[fields].iloc[0]) if fields else ()
+            label = ", ".join([str(point)] + [f"{n}={_fmt(v)}" for n, v in
+                                              zip(_short_names(fields), key)])
+            ax.plot(sub["step"], sub[metric].astype(float), label=label, gid="point")
+        _legend(ax, points.ngroups)
+        _caption(fig, "one line per point (no aggregation)")
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.set_title(metric)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _layer_columns(frame: pd.DataFrame, family: str = "dead_fraction") -> list[str]:
+    def order(col):
+        where = col.split("/", 1)[1]
+        m = re.fullmatch(r"layer_(\d+)", where)
+        return (0, int(m.group(1)), "") if m else (1, math.inf, where)
+    return sorted([c for c in frame.columns if c.startswith(family + "/")], key=order)
+
+
+def dead_fraction_by_layer(frame: pd.DataFrame) -> Figure:
+    """Share of dead units per hidden layer over training: one panel per layer
+    (``dead_fraction/layer_L``, then ``dead_fraction/all``, pooled over layers),
+    one line per configuration at the mean over seeds, min–max band.
+
+    Dead (DESIGN.md, docs/metrics.md): φ'(z_j(x)) = 0 for every probe input x,
+    i.e. no gradient reaches the unit's incoming weights (ReLU: z_j(x) ≤ 0).
+    """
+    columns = _layer_columns(frame)
+    if not columns:
+        raise KeyError("the results table has no dead_fraction/* columns; available: "
+                       f"{', '.join(metric_columns(frame)) or '(none)'}.")
+    fields = configuration_fields(frame)
+    ncols = min(len(columns), 3)
+    nrows = math.ceil(len(columns) / ncols)
+    fig = _figure(3.6 * ncols, 3.0 * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    groups_count = 0
+    for ax, column in zip(axes, columns):
+        groups = aggregate(frame, column, "step", fields)
+        groups_count = len(groups)
+        _draw_bands(ax, groups, fields)
+        ax.set_title(column, fontsize="medium")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(columns):]:
+        ax.set_visible(False)
+    for ax in axes[::ncols]:
+        ax.set_ylabel("dead fraction")
+    for ax in axes[-ncols:]:
+        ax.set_xlabel("step")
+    _legend(axes[0], groups_count)
+    fig.suptitle(DEAD_DEFINITION, fontsize="small")
+    _caption(fig, _aggregation_caption(frame, fields))
+    return fig
+
+
+def final_vs_hyperparameter(frame: pd.DataFrame, metric: str, field: str) -> Figure:
+    """``metric`` at each point's last step against the swept ``field``.
+
+    One line per combination of the other swept fields (``seed`` excluded):
+    mean over seeds with a min–max band. Log x-axis for
+    learning rates and whenever the positive values span more than two decades.
+    """
+    check_metric(frame, metric)
+    if field not in swept_fields(frame):
+        raise KeyError(f"field {field!r} is not a swept field of the results table; "
+                       f"swept: {', '.join(swept_fields(frame)) or '(none)'}.")
+    last = final_rows(frame)
+    fields = [f for f in configuration_fields(frame) if f != field]
+    groups = aggregate(last, metric, field, fields)
+    fig = _figure()
+    ax = fig.add_subplot()
+    _draw_bands(ax, groups, fields, markers=True)
+    if _use_log_x(field, last[field]):
+        ax.set_xscale("log")
+    _legend(ax, len(groups))
+    ax.set_xlabel(field)
+    ax.set_ylabel(f"final {metric}")
+    ax.set_title(f"final {metric} vs {field}")
+    ax.grid(alpha=0.3)
+    _caption(fig, f"{FINAL_TEXT}; {_aggregation_caption(frame, fields + [field])}")
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# The default set
+# ---------------------------------------------------------------------------
+
+def save_png(fig: Figure, path) -> Path:
+    """Writes ``fig`` as PNG through a temporary file and a rename."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    path = Path(path)
+    results.atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def file_stem(name: str) -> str:
+    """``test/accuracy`` -> ``test_accuracy`` (file-name safe, dots kept)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+
+
+def headline_metric(frame: pd.DataFrame) -> str | None:
+    """The first of test/accuracy, val/accuracy, train/accuracy, test/loss,
+    train/loss present in the table."""
+    for name in ("test/accuracy", "val/accuracy", "train/accuracy", "test/loss",
+                 "train/loss"):
+        if name in frame.columns:
+            return name
+    return None
+
+
+def numeric_swept_fields(frame: pd.DataFrame) -> list[str]:
+    """Swept fields other than ``seed`` with numeric (not boolean) values and
+    more than one distinct value."""
+    out = []
+    for f in swept_fields(frame):
+        col = frame[f]
+        if (f != "seed" and pd.api.types.is_numeric_dtype(col)
+                and not pd.api.types.is_bool_dtype(col) and col.nunique() > 1):
+            out.append(f)
+    return out
+
+
+def default_figures(workdir, out_dir=None) -> list[Path]:
+    """Writes the figures a researcher wants first and returns their paths.
+
+    ``<headline>.png`` (test/accuracy, else the first of val/accuracy,
+    train/accuracy, test/loss), ``train_loss.png``, ``dead_fraction.png`` when
+    ``dead_fraction/*`` columns exist, and ``final_<headline>_vs_<field>.png``
+    per numeric swept field other than seed with more than one value.
+    ``out_dir`` defaults to ``workdir/figures``.
+    """
+    frame = results.load_results(workdir)
+    out = Path(out_dir) if out_dir is not None else Path(workdir) / "figures"
+    written = []
+    headline = headline_metric(frame)
+    curves = [m for m in (headline, "train/loss") if m is not None]
+    for metric in dict.fromkeys(curves):
+        written.append(save_png(metric_curves(frame, metric), out / f"{file_stem(metric)}.png"))
+    if _layer_columns(frame):
+        written.append(save_png(dead_fraction_by_layer(frame), out / "dead_fraction.png"))
+    if headline is not None:
+        for field in numeric_swept_fields(frame):
+            name = f"final_{file_stem(headline)}_vs_{file_stem(field)}.png"
+            written.append(save_png(final_vs_hyperparameter(frame, headline, field),
+                                    out / name))
+    return written

@@ -1,0 +1,196 @@
+"""Tests of deadjax.figures and scripts/figures.py on a synthetic results table.
+
+The table is written with ``results.write_part`` exactly as the trainer would:
+2 configurations (``optim.learning_rate`` 0.01 and 1.0) x 3 seeds x 5
+evaluation steps, with values chosen so that means, minima and maxima can be
+recomputed by hand in the tests.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deadjax import figures, results
+
+ROOT = Path(__file__).resolve().parents[1]
+LRS = (0.01, 1.0)
+SEEDS = (0, 1, 2)
+STEPS = (0, 10, 20, 30, 40)
+
+
+def accuracy(lr, seed, step):
+    return 0.1 + 0.01 * step * (1 + lr) + 0.05 * seed ** 2
+
+
+def loss(lr, seed, step):
+    return 2.0 / (1 + step) + lr * seed
+
+
+def dead(layer, lr, seed, step):
+    return min(1.0, 0.1 * layer + 0.01 * step * lr + 0.02 * seed)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wd")
+    for g, lr in enumerate(LRS):
+        for step in STEPS:
+            rows = {
+                "point": [f"p{g}{s}" for s in SEEDS],
+                "group": [f"g{g}"] * len(SEEDS),
+                "step": np.full(len(SEEDS), step, np.int64),
+                "seed": list(SEEDS),
+                "model.activation": ["relu"] * len(SEEDS),
+                "optim.learning_rate": [lr] * len(SEEDS),
+                "dead_fraction/all": [np.mean([dead(l, lr, s, step) for l in (0, 1)])
+                                      for s in SEEDS],
+                "dead_fraction/layer_0": [dead(0, lr, s, step) for s in SEEDS],
+                "dead_fraction/layer_1": [dead(1, lr, s, step) for s in SEEDS],
+                "test/accuracy": [accuracy(lr, s, step) for s in SEEDS],
+                "train/loss": [loss(lr, s, step) for s in SEEDS],
+            }
+            results.write_part(root, f"g{g}", 0, step, pd.DataFrame(rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def frame(workdir):
+    return results.load_results(workdir)
+
+
+def lines_and_bands(ax):
+    lines = [l for l in ax.get_lines() if l.get_gid() == "mean"]
+    bands = [c for c in ax.collections if c.get_gid() == "band"]
+    return lines, bands
+
+
+def band_edges(band):
+    """(x, lower, upper) of a fill_between polygon: per x, the min and max vertex."""
+    v = np.concatenate([p.vertices for p in band.get_paths()])
+    xs = np.unique(v[:, 0])
+    return (xs, np.array([v[v[:, 0] == x, 1].min() for x in xs]),
+            np.array([v[v[:, 0] == x, 1].max() for x in xs]))
+
+
+def caption(fig):
+    return " ".join(" ".join(t.get_text() for t in fig.texts).split())
+
+
+def test_columns(frame):
+    assert figures.swept_fields(frame) == ["seed", "model.activation", "optim.learning_rate"]
+    assert figures.configuration_fields(frame) == ["optim.learning_rate"]
+    assert figures.numeric_swept_fields(frame) == ["optim.learning_rate"]
+
+
+def test_metric_curves_mean_line_and_minmax_band(frame):
+    fig = figures.metric_curves(frame, "test/accuracy")
+    ax = fig.axes[0]
+    lines, bands = lines_and_bands(ax)
+    assert len(lines) == len(LRS) and len(bands) == len(LRS)
+    for lr, line, band in zip(LRS, lines, bands):
+        per_seed = np.array([[accuracy(lr, s, t) for t in STEPS] for s in SEEDS])
+        np.testing.assert_allclose(line.get_xdata(), STEPS)
+        np.testing.assert_allclose(line.get_ydata(), per_seed.mean(axis=0), rtol=1e-12)
+        xs, lo, hi = band_edges(band)
+        np.testing.assert_allclose(xs, STEPS)
+        np.testing.assert_allclose(lo, per_seed.min(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(hi, per_seed.max(axis=0), rtol=1e-12)
+        assert f"learning_rate={lr:g}" in line.get_label() and "n=3" in line.get_label()
+    assert "line: mean over seeds; band: min–max over seeds" in caption(fig)
+
+
+def test_metric_curves_per_point(frame):
+    fig = figures.metric_curves(frame, "train/loss", aggregate_seeds=False)
+    lines = [l for l in fig.axes[0].get_lines() if l.get_gid() == "point"]
+    assert len(lines) == len(LRS) * len(SEEDS)
+    assert not fig.axes[0].collections
+    np.testing.assert_allclose(lines[0].get_ydata(), [loss(LRS[0], 0, t) for t in STEPS])
+
+
+def test_metric_curves_by_pools_other_fields(frame):
+    fig = figures.metric_curves(frame, "test/accuracy", by=[])
+    (line,), (band,) = lines_and_bands(fig.axes[0])
+    all_runs = np.array([[accuracy(lr, s, t) for t in STEPS] for lr in LRS for s in SEEDS])
+    np.testing.assert_allclose(line.get_ydata(), all_runs.mean(axis=0))
+    np.testing.assert_allclose(band_edges(band)[2], all_runs.max(axis=0))
+    assert "n=6" in line.get_label()
+    assert "mean over seeds, optim.learning_rate (pooled)" in caption(fig)
+
+
+def test_dead_fraction_by_layer(frame):
+    fig = figures.dead_fraction_by_layer(frame)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == [
+        "dead_fraction/layer_0", "dead_fraction/layer_1", "dead_fraction/all"]
+    lines, _ = lines_and_bands(visible[1])
+    expected = np.array([[dead(1, LRS[1], s, t) for t in STEPS] for s in SEEDS]).mean(axis=0)
+    np.testing.assert_allclose(lines[1].get_ydata(), expected)
+    assert "φ'(z_j(x)) = 0 on every probe input" in fig._suptitle.get_text()
+
+
+def test_final_vs_hyperparameter(frame):
+    fig = figures.final_vs_hyperparameter(frame, "test/accuracy", "optim.learning_rate")
+    ax = fig.axes[0]
+    (line,), (band,) = lines_and_bands(ax)
+    final = np.array([[accuracy(lr, s, STEPS[-1]) for s in SEEDS] for lr in LRS])
+    np.testing.assert_allclose(line.get_xdata(), LRS)
+    np.testing.assert_allclose(line.get_ydata(), final.mean(axis=1))
+    xs, lo, hi = band_edges(band)
+    np.testing.assert_allclose(lo, final.min(axis=1))
+    np.testing.assert_allclose(hi, final.max(axis=1))
+    assert ax.get_xscale() == "log"
+
+
+def test_nonfinite_values_are_left_out(frame):
+    broken = frame.copy()
+    broken.loc[(broken["point"] == "p00") & (broken["step"] == 40), "train/loss"] = np.inf
+    fig = figures.metric_curves(broken, "train/loss")
+    lines, _ = lines_and_bands(fig.axes[0])
+    assert lines[0].get_ydata()[-1] == pytest.approx(
+        np.mean([loss(LRS[0], s, 40) for s in (1, 2)]))
+
+
+def test_unknown_metric_names_available(frame):
+    with pytest.raises(KeyError, match="available: .*test/accuracy"):
+        figures.metric_curves(frame, "test/acuracy")
+
+
+def test_default_figures_write_pngs(workdir, tmp_path):
+    paths = figures.default_figures(workdir, tmp_path / "figs")
+    names = sorted(p.name for p in paths)
+    assert names == sorted(["test_accuracy.png", "train_loss.png", "dead_fraction.png",
+                            "final_test_accuracy_vs_optim.learning_rate.png"])
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
+    assert not [p for p in (tmp_path / "figs").iterdir() if p.name.startswith(".")]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "figures.py"), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_cli_missing_metric_and_missing_results(workdir, tmp_path):
+    done = run_cli("--workdir", str(workdir), "--out", str(tmp_path / "o"),
+                   "--metric", "test/nope")
+    assert done.returncode != 0
+    assert "metric 'test/nope' is not in the results table" in done.stderr
+    assert "test/accuracy" in done.stderr
+    assert not (tmp_path / "o").exists()
+    empty = run_cli("--workdir", str(tmp_path / "empty"))
+    assert empty.returncode != 0 and "holds no results yet" in empty.stderr
+
+
+def test_cli_writes_default_and_extra_figures(workdir, tmp_path):
+    done = run_cli("--workdir", str(workdir), "--out", str(tmp_path / "o"),
+                   "--metric", "dead_fraction/layer_0")
+    assert done.returncode == 0, done.stderr
+    names = {Path(line).name for line in done.stdout.split()}
+    assert {"test_accuracy.png", "dead_fraction_layer_0.png"} <= names
+    assert all((tmp_path / "o" / n).stat().st_size > 1000 for n in names)

@@ -1,0 +1,151 @@
+"""The population programs: a member trained in a population is the member
+trained alone; runs are deterministic; nothing recompiles; divergence is
+contained to the member that diverged."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deadjax import data, population, runner, sweep
+from deadjax.population import Population, device_data, hparams_of
+from tests.conftest import tiny_config
+
+
+def _configs(base, n, **per_member):
+    out = []
+    for i in range(n):
+        c = type(base)(base.to_dict())
+        c.seed = i
+        for field, values in per_member.items():
+            section, leaf = field.split("__")
+            c[section][leaf] = values[i]
+        out.append(c)
+    return out
+
+
+def _train(base, configs, steps):
+    ds = data.load(base)
+    pop = Population(base, ds)
+    dd = device_data(ds, data.probe_indices(base))
+    state = pop.init(np.asarray([c.seed for c in configs], np.int32), hparams_of(configs))
+    state, scalars, _ = pop.train_chunk(state, dd, jnp.int32(steps))
+    return jax.device_get(state), jax.device_get(scalars)
+
+
+def test_member_in_population_equals_member_alone_float32():
+    base = tiny_config(model__norm="batch", train__eval_every=50, train__steps=50,
+                       train__checkpoint_every=50, model__dropout=0.2)
+    members = _configs(base, 8, optim__learning_rate=np.geomspace(1e-3, 3e-2, 8),
+                       model__dropout=[0.0, 0.1, 0.2, 0.3, 0.0, 0.1, 0.2, 0.3])
+    pop_state, pop_scalars = _train(base, members, 50)
+    for k in (0, 5):
+        alone_state, alone_scalars = _train(base, [members[k]], 50)
+        for split in ("train", "test"):
+            np.testing.assert_allclose(pop_scalars[f"{split}/loss"][k],
+                                       alone_scalars[f"{split}/loss"][0], rtol=1e-5)
+            n = {"train": 72, "test": 48}[split]
+            assert abs(pop_scalars[f"{split}/accuracy"][k]
+                       - alone_scalars[f"{split}/accuracy"][0]) <= 1.0 / n + 1e-7
+        member_params = jax.tree.map(lambda x: x[k], pop_state.params)
+        alone_params = jax.tree.map(lambda x: x[0], alone_state.params)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                     member_params, alone_params)
+
+
+def test_member_in_population_equals_member_alone_float64():
+    """With jax_enable_x64 the agreement is to 1e-9 in every parameter."""
+    script = textwrap.dedent("""
+        import jax, numpy as np
+        from tests.test_population import _configs, _train
+        from tests.conftest import tiny_config
+        base = tiny_config(model__norm="batch", train__eval_every=50, train__steps=50,
+                           train__checkpoint_every=50, model__dropout=0.2)
+        members = _configs(base, 8, optim__learning_rate=np.geomspace(1e-3, 3e-2, 8),
+                           model__dropout=[0.0, 0.1, 0.2, 0.3, 0.0, 0.1, 0.2, 0.3])
+        pop_state, _ = _train(base, members, 50)
+        alone_state, _ = _train(base, [members[5]], 50)
+        leaves = jax.tree.leaves(pop_state.params)
+        assert leaves[0].dtype == np.float64, leaves[0].dtype
+        diff = max(float(np.max(np.abs(a[5] - b[0]))) for a, b in
+                   zip(leaves, jax.tree.leaves(alone_state.params)))
+        print("MAXDIFF", diff)
+    """)
+    env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    diff = float(out.stdout.split("MAXDIFF")[1])
+    assert diff <= 1e-9
+
+
+def test_same_config_and_seed_give_identical_results(tmp_path):
+    base = tiny_config()
+    points = sweep.product({"seed": [0, 1, 2]})
+    runner.run_sweep(base, points, tmp_path / "a")
+    runner._POPULATIONS.clear()
+    runner.run_sweep(base, points, tmp_path / "b")
+    a = runner.results.load_results(tmp_path / "a")
+    b = runner.results.load_results(tmp_path / "b")
+    assert len(a) == 3 * 3
+    import pandas as pd
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_no_recompilation_across_chunks_evaluations_and_reruns(tmp_path):
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, *_, **__: compiles.append(event)
+        if event == "/jax/core/compile/backend_compile_duration" else None)
+    base = tiny_config(train__max_population=4, train__steps=30)
+    points = sweep.product({"seed": range(6)})  # chunks of 4 and 2 (+2 padding)
+    runner._POPULATIONS.clear()
+    runner.run_sweep(base, points, tmp_path / "a")
+    (pop,) = runner._POPULATIONS.values()
+    assert pop.init._cache_size() == 1
+    assert pop.evaluate._cache_size() == 1
+    assert pop.train_chunk._cache_size() == 1  # 3 chunks of steps x 2 population chunks
+    before = len(compiles)
+    runner.run_sweep(base, points, tmp_path / "b")
+    assert pop.train_chunk._cache_size() == 1
+    assert len(compiles) == before, "a rerun compiled again"
+    frame = runner.results.load_results(tmp_path / "b")
+    assert sorted(frame.seed.unique()) == list(range(6))  # padding never reaches results
+    assert len(frame) == 6 * 4  # steps 0, 10, 20, 30
+
+
+def test_diverging_member_is_contained(tmp_path):
+    base = tiny_config(optim__name="sgd", train__steps=30, train__max_population=4)
+    lrs = [0.05, 1e12, 0.05]
+    points = sweep.zipped({"seed": [0, 1, 2], "optim.learning_rate": lrs})
+    runner.run_sweep(base, points, tmp_path / "mixed")
+    runner.run_sweep(base, [points[0], points[2]], tmp_path / "sane")
+    mixed = runner.results.load_results(tmp_path / "mixed")
+    sane = runner.results.load_results(tmp_path / "sane")
+    bad = mixed[mixed["optim.learning_rate"] == 1e12]
+    assert bad.diverged.iloc[-1] == 1.0
+    first = bad[bad.diverged == 1].step.min()
+    assert 0 < bad.diverged_step.iloc[-1] <= first
+    # the diverged member stops updating: its parameters stay finite
+    assert np.isfinite(bad["weight_norm/layer_0"].iloc[-1])
+    good = mixed[mixed["optim.learning_rate"] != 1e12].sort_values(["seed", "step"])
+    sane = sane.sort_values(["seed", "step"])
+    assert (good.diverged == 0).all()
+    np.testing.assert_allclose(good["train/loss"].to_numpy(), sane["train/loss"].to_numpy(),
+                               rtol=1e-6)
+
+
+def test_update_ratio_nan_at_step_zero_and_finite_after(tmp_path):
+    base = tiny_config()
+    runner.run_sweep(base, [{}], tmp_path)
+    frame = runner.results.load_results(tmp_path)
+    assert frame.loc[frame.step == 0, "update_ratio/layer_0"].isna().all()
+    assert frame.loc[frame.step > 0, "update_ratio/layer_0"].notna().all()
+    assert frame.loc[frame.step == 0, "dead_persistent/layer_0"].isna().all()
+    assert frame["born_dead"].nunique() == 1
