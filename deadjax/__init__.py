@@ -11,7 +11,8 @@ The Python API (DESIGN.md):
 
 __version__ = "0.1.0"
 
+from deadjax.checkpoints import load_member
 from deadjax.data import load_dataset, probe_batch
 from deadjax.results import load_results
 
-__all__ = ["load_results", "load_dataset", "probe_batch", "__version__"]
+__all__ = ["load_results", "load_member", "load_dataset", "probe_batch", "__version__"]

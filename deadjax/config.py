@@ -85,6 +85,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.steps = 1000
     c.train.eval_every = 100
     c.train.checkpoint_every = 1000
+    c.train.keep_checkpoints = 3
     c.train.max_population = 256
     c.train.loss = "cross_entropy"
     c.train.precision = "highest"
@@ -244,6 +245,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _number("train.eval_every", t.eval_every, low=1, integer=True)
     _number("train.checkpoint_every", t.checkpoint_every, low=1, integer=True)
     _number("train.max_population", t.max_population, low=1, integer=True)
+    _number("train.keep_checkpoints", t.keep_checkpoints, low=1, integer=True)
     _allowed("train.loss", t.loss, ("cross_entropy", "mse"))
     _allowed("train.precision", t.precision, ("highest", "tf32", "bf16"))
     _number("train.eval_batch_size", t.eval_batch_size, low=1, integer=True)

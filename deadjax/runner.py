@@ -24,7 +24,8 @@ import numpy as np
 from deadjax import config as config_lib
 from deadjax import data as data_lib
 from deadjax import population as pop_lib
-from deadjax import results, sweep as sweep_lib, train
+from deadjax import checkpoints, results, sweep as sweep_lib, train
+from deadjax import summaries as summary_lib
 from deadjax.config import ConfigError
 
 log = logging.getLogger("deadjax")
@@ -139,23 +140,71 @@ def _base_with(base, overrides):
     return cfg
 
 
-def run_chunk(pop, group, chunk_index, members, data, workdir, swept, progress=None):
-    """Trains one chunk (padded to the population size) and writes its rows."""
-    size = min(group.config.train.max_population, len(group.points))
-    padded = members + [members[0]] * (size - len(members))
+def _pad(state, size: int):
+    """Fills a state of n real members up to ``size`` with copies of member 0.
+    Padding members are trained like member 0 and never leave the program."""
+    n = jax.tree.leaves(state)[0].shape[0]
+    if n == size:
+        return state
+    idx = np.concatenate([np.arange(n), np.zeros(size - n, np.int64)])
+    return jax.tree.map(lambda a: a[idx], state)
+
+
+def _real(state, n: int):
+    return jax.tree.map(lambda a: a[:n], state)
+
+
+def chunk_is_finished(workdir, group, chunk_index) -> bool:
+    ckpt_dir = checkpoints.checkpoint_dir(workdir, group.id, chunk_index)
+    if not ckpt_dir.exists():
+        return False
+    with checkpoints.ChunkCheckpointer(workdir, group.id, chunk_index) as ckpt:
+        return ckpt.latest_step() == group.config.train.steps
+
+
+def run_chunk(pop, group, chunk_index, members, data, workdir, swept, *, summaries=None,
+              progress=None):
+    """Trains one chunk (padded to the population size) from its latest
+    checkpoint, writing rows, summaries and checkpoints as it goes."""
+    cfg = group.config
+    size = min(cfg.train.max_population, len(group.points))
+    n = len(members)
+    padded = members + [members[0]] * (size - n)
     seeds = np.asarray([p.config.seed for p in padded], np.int32)
     hparams = pop_lib.hparams_of([p.config for p in padded])
     state = pop.init(seeds, hparams)
-    total = group.config.train.steps
+    total = cfg.train.steps
+    ids = [p.id for p in members]
+    meta = {"points": ids, "group": group.id, "chunk": chunk_index,
+            "config": sweep_lib._jsonable(cfg)}
+    with checkpoints.ChunkCheckpointer(workdir, group.id, chunk_index,
+                                       max_to_keep=cfg.train.keep_checkpoints) as ckpt:
+        found = ckpt.restore_latest(_real(state, n), points=ids)
+        start = 0
+        if found is not None:
+            start, restored, _ = found
+            state = _pad(restored, size)
+            log.info("resuming %s chunk %d at step %d", group.id, chunk_index, start)
+        if start >= total:
+            return state
 
-    def on_eval(step, state, scalars, hists):
-        host = jax.device_get(scalars)
-        frame = results.rows_for_evaluation(members, step, host, swept)
-        results.write_part(workdir, group.id, chunk_index, step, frame)
-        if progress is not None:
-            progress(group, chunk_index, step, total, len(members), host)
+        def on_eval(step, state, scalars, hists):
+            host = jax.device_get(scalars)
+            if step % cfg.train.checkpoint_every == 0 or step == total:
+                ckpt.save(step, _real(state, n), meta)
+            frame = results.rows_for_evaluation(members, step, host, swept)
+            results.write_part(workdir, group.id, chunk_index, step, frame)
+            if summaries is not None:
+                summaries.write_evaluation(members, step, host, jax.device_get(hists),
+                                           resumed_from=start if start else None)
+            if progress is not None:
+                progress(group, chunk_index, step, total, n, host)
 
-    return train.run(pop, state, data, start=0, total=total, on_eval=on_eval)
+        state = train.run(pop, state, data, start=start, total=total, on_eval=on_eval)
+    if summaries is not None:
+        summaries.close_chunk()
+        summary_lib.write_aggregates(workdir)
+    return state
 
 
 _POPULATIONS: dict = {}
@@ -169,19 +218,33 @@ def population_for(group, dataset) -> pop_lib.Population:
     return _POPULATIONS[group.id]
 
 
-def run_sweep(base, sweep, workdir, overrides=None, *, progress=None) -> list:
-    """Runs (or continues) every point of the sweep into ``workdir``."""
+def run_sweep(base, sweep, workdir, overrides=None, *, progress=None,
+              tensorboard: bool = True) -> list:
+    """Runs (or continues) every point of the sweep into ``workdir``.
+
+    Chunks whose checkpoint is at ``train.steps`` are skipped; the others
+    continue from their latest checkpoint, so a killed sweep resumes where it
+    stopped and new points of a grown sweep train in chunks of their own.
+    """
     points, groups, workdir = plan(base, sweep, workdir, overrides)
     write_metadata(workdir, _base_with(base, overrides), sweep, points)
     swept = sweep_lib.swept_fields(points)
-    for group in groups:
-        dataset = data_lib.load(group.config)
-        pop = population_for(group, dataset)
-        data = pop_lib.device_data(dataset, data_lib.probe_indices(group.config))
-        by_chunk: dict[int, list] = {}
-        for p in group.points:
-            by_chunk.setdefault(p.chunk, []).append(p)
-        for chunk_index in sorted(by_chunk):
-            run_chunk(pop, group, chunk_index, by_chunk[chunk_index], data, workdir, swept,
-                      progress)
+    summaries = (summary_lib.SweepSummaries(workdir, points, swept) if tensorboard else None)
+    try:
+        for group in groups:
+            by_chunk: dict[int, list] = {}
+            for p in group.points:
+                by_chunk.setdefault(p.chunk, []).append(p)
+            todo = [c for c in sorted(by_chunk) if not chunk_is_finished(workdir, group, c)]
+            if not todo:
+                continue
+            dataset = data_lib.load(group.config)
+            pop = population_for(group, dataset)
+            data = pop_lib.device_data(dataset, data_lib.probe_indices(group.config))
+            for chunk_index in todo:
+                run_chunk(pop, group, chunk_index, by_chunk[chunk_index], data, workdir,
+                          swept, summaries=summaries, progress=progress)
+    finally:
+        if summaries is not None:
+            summaries.close()
     return points
