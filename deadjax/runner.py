@@ -190,7 +190,8 @@ def run_chunk(pop, group, chunk_index, members, data, workdir, swept, *, summari
 
         def on_eval(step, state, scalars, hists):
             host = jax.device_get(scalars)
-            if step % cfg.train.checkpoint_every == 0 or step == total:
+            # Step 0 needs no checkpoint: the initialisation is recomputed exactly.
+            if step > 0 and (step % cfg.train.checkpoint_every == 0 or step == total):
                 ckpt.save(step, _real(state, n), meta)
             frame = results.rows_for_evaluation(members, step, host, swept)
             results.write_part(workdir, group.id, chunk_index, step, frame)

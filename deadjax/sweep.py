@@ -156,10 +156,17 @@ def resolve_points(base: ml_collections.ConfigDict, sweep: Iterable[Point],
 
 
 def group_points(points: list[PointSpec]) -> list[Group]:
-    """Groups points by static fields, in order of first appearance."""
+    """Groups points by static fields, in order of first appearance.
+
+    The run length (``train.steps``) is left out of a group's id unless the
+    sweep itself varies it, so that a workdir resumed with more steps keeps
+    its groups, checkpoints and results.
+    """
     groups: dict[str, Group] = {}
     for p in points:
-        gid = "g" + _hash(static_fields(p.config), 8)
+        key = {k: v for k, v in static_fields(p.config).items()
+               if k not in config_lib.RUN_LENGTH_FIELDS or k in p.values}
+        gid = "g" + _hash(key, 8)
         p.group = gid
         groups.setdefault(gid, Group(gid, p.config, [])).points.append(p)
     return list(groups.values())

@@ -1,0 +1,224 @@
+"""Helpers of ``scripts/benchmark.py``: the seed MLP, its FLOP count, a
+hand-written baseline and the timing rules. Nothing here writes to disk.
+
+The benchmark compares three ways of training ``P`` members of the seed MLP
+(784-128-128-10 ReLU, He-normal, batch 128, Adam 1e-3, ``random`` data,
+``shuffle`` order) for the same number of steps from the same initial state:
+
+- **deadjax**: :meth:`deadjax.population.Population.train_chunk`, the program
+  sweeps run (``lax.scan`` of the vmapped step, then the evaluation);
+- **hand-written**: ``jax.jit(lax.scan(jax.vmap(step)))`` of a pure ``jnp``
+  MLP with ``optax.adam`` and the same batch rule (:class:`Handwritten`);
+- **loop**: the members one after another, each with the hand-written step
+  under ``jax.jit(lax.scan(step))``.
+
+Throughput is counted in *member-steps per second* (one optimiser step of one
+member), and its share of the machine's float32 matmul peak counts
+``6 · parameters · batch`` FLOPs per member-step (forward 2, backward 4 FLOPs
+per weight and example; biases, activations, the loss and Adam are left out,
+which is the usual convention of Kaplan et al., 2020, Sec. 2.1).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from deadjax import data as data_lib, optim, population as pop_lib
+from deadjax.config import default_config
+
+SEED_WIDTHS = (128, 128)
+SEED_FEATURES = 784
+SEED_CLASSES = 10
+SEED_BATCH = 128
+SEED_NUM_TRAIN = 1024
+SEED_LEARNING_RATE = 1e-3
+
+
+# --------------------------------------------------------------------------
+# The seed MLP and its cost
+# --------------------------------------------------------------------------
+
+def seed_config(*, eval_every: int = 100, steps: int = 1000, diagnostics: bool = False,
+                precision: str = "highest", max_population: int = 256,
+                num_test: int = 1000) -> ml_collections.ConfigDict:
+    """The seed MLP's config on ``random`` data (784 features, 10 classes)."""
+    c = default_config()
+    c.data.name = "random"
+    c.data.num_train = SEED_NUM_TRAIN
+    c.data.num_test = num_test
+    c.data.num_features = SEED_FEATURES
+    c.data.num_classes = SEED_CLASSES
+    c.data.batch_size = SEED_BATCH
+    c.data.order = "shuffle"
+    c.model.widths = SEED_WIDTHS
+    c.model.activation = "relu"
+    c.model.kernel_init = "he_normal"
+    c.optim.name = "adam"
+    c.optim.learning_rate = SEED_LEARNING_RATE
+    c.train.eval_every = eval_every
+    c.train.steps = steps
+    c.train.checkpoint_every = max(c.train.checkpoint_every // eval_every, 1) * eval_every
+    c.train.max_population = max_population
+    c.train.precision = precision
+    c.diagnostics.enabled = diagnostics
+    return c
+
+
+def member_configs(config, population: int) -> list:
+    """``population`` copies of ``config`` with seeds ``0 .. population - 1``."""
+    out = []
+    for seed in range(population):
+        c = ml_collections.ConfigDict(config.to_dict())
+        c.seed = seed
+        out.append(c)
+    return out
+
+
+def num_params(features: int, widths: Sequence[int], classes: int) -> int:
+    """Weights and biases of a dense MLP ``features -> widths -> classes``."""
+    sizes = [features, *widths, classes]
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def flops_per_member_step(features: int, widths: Sequence[int], classes: int,
+                          batch: int) -> int:
+    """``6 · parameters · batch``: the matmul FLOPs of one training step."""
+    return 6 * num_params(features, widths, classes) * batch
+
+
+# --------------------------------------------------------------------------
+# deadjax's side
+# --------------------------------------------------------------------------
+
+def deadjax_population(config, population: int):
+    """``(pop, state, data)``: the Population, its initial state and device data."""
+    dataset = data_lib.load(config)
+    pop = pop_lib.Population(config, dataset)
+    configs = member_configs(config, population)
+    state = pop.init(np.arange(population, dtype=np.int32), pop_lib.hparams_of(configs))
+    data = pop_lib.device_data(dataset, data_lib.probe_indices(config))
+    return pop, state, data
+
+
+# --------------------------------------------------------------------------
+# The hand-written baseline
+# --------------------------------------------------------------------------
+
+class Handwritten:
+    """The seed MLP trained by a plain ``jit(scan(vmap(step)))``.
+
+    A member is ``(params, opt_state, data_key, step)`` with ``params`` a list
+    of ``(W, b)``. The batch rule is deadjax's ``shuffle`` order written out:
+    ``perm = permutation(fold_in(data_key, step // nb), N)``, batch
+    ``perm[(step % nb) · B:][:B]`` with ``nb = N // B``.
+    """
+
+    def __init__(self, config, dataset: data_lib.Dataset):
+        self.x = jnp.asarray(dataset.x_train)
+        self.y = jnp.asarray(dataset.y_train)
+        self.n = int(dataset.x_train.shape[0])
+        self.b = int(config.data.batch_size)
+        self.nb = self.n // self.b
+        self.tx = optax.adam(float(config.optim.learning_rate), b1=optim.ADAM_B1,
+                             b2=optim.ADAM_B2, eps=optim.ADAM_EPS)
+        self.precision = pop_lib.MATMUL_PRECISION[config.train.precision]
+
+    # ---- one member
+    @staticmethod
+    def forward(params, x):
+        h = x
+        for w, b in params[:-1]:
+            h = jax.nn.relu(h @ w + b)
+        w, b = params[-1]
+        return h @ w + b
+
+    def loss(self, params, x, y):
+        logits = self.forward(params, x)
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    def batch(self, data_key, step):
+        perm = jax.random.permutation(jax.random.fold_in(data_key, step // self.nb), self.n)
+        idx = jax.lax.dynamic_slice(perm, ((step % self.nb) * self.b,), (self.b,))
+        return self.x[idx], self.y[idx]
+
+    def step(self, member):
+        params, opt_state, data_key, step = member
+        x, y = self.batch(data_key, step)
+        loss, grads = jax.value_and_grad(self.loss)(params, x, y)
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state, data_key, step + 1), loss
+
+    # ---- compiled programs
+    def population_program(self, steps: int) -> Callable:
+        """``jit(scan(vmap(step)))`` over ``steps`` steps; the state is donated."""
+        def run(members):
+            with jax.default_matmul_precision(self.precision):
+                body = lambda m, _: jax.vmap(self.step)(m)
+                return jax.lax.scan(body, members, None, length=steps)
+        return jax.jit(run, donate_argnums=0)
+
+    def member_program(self, steps: int) -> Callable:
+        """``jit(scan(step))`` of one member (the loop baseline)."""
+        def run(member):
+            with jax.default_matmul_precision(self.precision):
+                return jax.lax.scan(lambda m, _: self.step(m), member, None, length=steps)
+        return jax.jit(run, donate_argnums=0)
+
+    # ---- state
+    def from_deadjax(self, state: pop_lib.MemberState):
+        """The hand-written population state that starts where deadjax's does
+        (same parameters, same data keys, same step), Adam moments at zero."""
+        names = sorted(state.params, key=lambda n: int(n.split("_")[1]))
+        params = [(jnp.array(state.params[n]["kernel"]), jnp.array(state.params[n]["bias"]))
+                  for n in names]
+        opt_state = jax.vmap(self.tx.init)(params)
+        return params, opt_state, jnp.array(state.data_key), jnp.array(state.step)
+
+
+def member(members, i: int):
+    """Member ``i`` of a stacked (population) state."""
+    return jax.tree.map(lambda a: a[i], members)
+
+
+# --------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds of ``fn()`` until its results are ready on the device."""
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def matmul_flops_per_second(device, *, size: int = 4096, repeats: int = 5,
+                            precision: str = "highest") -> float:
+    """Median FLOP/s of a jitted ``size x size`` float32 matmul on ``device``
+    (``2 · size³`` FLOPs per product), compile excluded."""
+    prec = pop_lib.MATMUL_PRECISION[precision]
+    key = jax.random.PRNGKey(0)
+    a = jax.device_put(jax.random.normal(key, (size, size), jnp.float32), device)
+    b = jax.device_put(jax.random.normal(jax.random.fold_in(key, 1), (size, size),
+                                         jnp.float32), device)
+
+    @jax.jit
+    def matmul(a, b):
+        with jax.default_matmul_precision(prec):
+            return a @ b
+
+    jax.block_until_ready(matmul(a, b))
+    seconds = median([timed(lambda: matmul(a, b)) for _ in range(repeats)])
+    return 2.0 * size ** 3 / seconds

@@ -1,0 +1,141 @@
+"""Nothing is lost: a killed sweep resumes to exactly the uninterrupted result,
+damaged checkpoints fall back to the previous one, grown sweeps keep old rows."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import deadjax
+from deadjax import runner, sweep
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPERIMENT = """
+from tests.conftest import tiny_config
+from deadjax.sweep import product
+
+def get_config():
+    c = tiny_config(train__steps={steps}, train__eval_every=20, train__checkpoint_every=40)
+    c.data.num_features = 256
+    c.data.num_train = 512
+    c.data.batch_size = 256
+    c.model.widths = (384, 384)
+    c.diagnostics.families = ("dead", "gradients")
+    return c
+
+def get_sweep():
+    return product({{"seed": [0, 1]}})
+"""
+
+
+def _experiment(tmp_path, steps):
+    path = tmp_path / f"exp_{steps}.py"
+    path.write_text(EXPERIMENT.format(steps=steps))
+    return path
+
+
+def _load(path):
+    base, points = sweep.load_experiment(path)
+    return base, points
+
+
+def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
+    exp = _experiment(tmp_path, 400)
+    killed = tmp_path / "killed"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "scripts/sweep.py", "--config", str(exp), "--workdir", str(killed)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        first = None
+        while time.time() < deadline and proc.poll() is None:
+            steps = [p for p in (killed / "checkpoints").glob("*/chunk_0000/*")
+                     if p.name.isdigit()]
+            if steps:
+                first = steps
+                break
+            time.sleep(0.05)
+        assert first, "no checkpoint appeared"
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    partial = deadjax.load_results(killed)
+    assert partial.step.max() < 400
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+
+    base, points = _load(exp)
+    runner.run_sweep(base, points, tmp_path / "straight", tensorboard=False)
+    resumed = deadjax.load_results(killed)
+    straight = deadjax.load_results(tmp_path / "straight")
+    assert not resumed.duplicated(["point", "step"]).any()
+    assert len(resumed) == 2 * (400 // 20 + 1)
+    pd.testing.assert_frame_equal(resumed, straight, check_exact=True)
+
+
+def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path):
+    base = tiny_config(train__steps=40, train__eval_every=10, train__checkpoint_every=10,
+                       diagnostics__families=("dead",))
+    points = sweep.product({"seed": [0, 1]})
+    work = tmp_path / "w"
+    runner.run_sweep(base, points, work, tensorboard=False)
+    (chunk,) = list((work / "checkpoints").glob("*/chunk_0000"))
+    newest = chunk / "40"
+    files = sorted(p for p in newest.rglob("*") if p.is_file() and p.stat().st_size > 64)
+    for f in files:
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+    longer = tiny_config(train__steps=60, train__eval_every=10, train__checkpoint_every=10,
+                         diagnostics__families=("dead",))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runner.run_sweep(longer, points, work, tensorboard=False)
+    assert any("40" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    runner.run_sweep(longer, points, tmp_path / "straight", tensorboard=False)
+    pd.testing.assert_frame_equal(deadjax.load_results(work),
+                                  deadjax.load_results(tmp_path / "straight"), check_exact=True)
+
+
+def test_grown_sweep_keeps_old_points_and_trains_new_ones(tmp_path):
+    base = tiny_config(diagnostics__families=("dead",))
+    work = tmp_path / "w"
+    runner.run_sweep(base, sweep.product({"seed": [0, 1]}), work, tensorboard=False)
+    before = deadjax.load_results(work)
+    parts = {p: p.stat().st_mtime_ns for p in (work / "results.parquet").rglob("*.parquet")}
+    runner.run_sweep(base, sweep.product({"seed": [0, 1, 2]}), work, tensorboard=False)
+    after = deadjax.load_results(work)
+    assert sorted(after.seed.unique()) == [0, 1, 2]
+    old = after[after.point.isin(before.point)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(old, before, check_exact=True)
+    # the finished chunk was skipped: its parts were not rewritten
+    assert all(p.stat().st_mtime_ns == t for p, t in parts.items())
+    # and the new point equals the same point in a fresh sweep (another population
+    # size, so float32 agreement rather than bitwise)
+    runner.run_sweep(base, sweep.product({"seed": [2]}), tmp_path / "fresh", tensorboard=False)
+    fresh = deadjax.load_results(tmp_path / "fresh")
+    new = after[after.seed == 2].reset_index(drop=True)
+    pd.testing.assert_frame_equal(new.drop(columns=["group"]), fresh.drop(columns=["group"]),
+                                  rtol=1e-5)
+
+
+def test_load_member_returns_flax_layout_params(tmp_path):
+    base = tiny_config(diagnostics__enabled=False)
+    runner.run_sweep(base, sweep.product({"seed": [0, 1]}), tmp_path, tensorboard=False)
+    frame = deadjax.load_results(tmp_path)
+    member = deadjax.load_member(tmp_path, frame.point.iloc[0])
+    assert member["step"] == 20
+    assert list(member["params"]) == ["Dense_0", "Dense_1", "Dense_2"]
+    assert member["params"]["Dense_0"]["kernel"].shape == (12, 10)
+    assert member["params"]["Dense_2"]["kernel"].shape == (8, 4)
