@@ -9,7 +9,7 @@ import time
 
 from ml_collections import config_flags
 
-from deadjax import results, runner, sweep as sweep_lib
+from deadjax import results, runner, sharding, sweep as sweep_lib
 from deadjax.config import ConfigError
 
 EXIT_BAD_CONFIG = 2
@@ -55,6 +55,9 @@ def summary_table(workdir, limit: int = 40) -> str:
 
 
 def sweep_main(flags) -> int:
+    if flags.distributed:
+        import jax
+        jax.distributed.initialize()
     base = flags.config
     path = config_flags.get_config_filename(flags["config"])
     overrides = config_flags.get_override_values(flags["config"])
@@ -67,6 +70,12 @@ def sweep_main(flags) -> int:
     total = sum(len(g.points) * g.config.train.steps for g in groups)
     print(f"deadjax: {len(points)} points in {len(groups)} groups -> {workdir}",
           file=sys.stderr)
-    runner.run_sweep(base, sweep, flags.workdir, overrides, progress=Progress(total))
-    print(summary_table(workdir))
+    try:
+        runner.run_sweep(base, sweep, flags.workdir, overrides, progress=Progress(total),
+                         num_tasks=flags.num_tasks, task_index=flags.task_index)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if sharding.is_writer():
+        print(summary_table(workdir))
     return 0

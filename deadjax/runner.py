@@ -24,7 +24,7 @@ import numpy as np
 from deadjax import config as config_lib
 from deadjax import data as data_lib
 from deadjax import population as pop_lib
-from deadjax import checkpoints, results, sweep as sweep_lib, train
+from deadjax import checkpoints, results, sharding, sweep as sweep_lib, train
 from deadjax import summaries as summary_lib
 from deadjax.config import ConfigError
 
@@ -164,39 +164,48 @@ def chunk_is_finished(workdir, group, chunk_index) -> bool:
 
 def run_chunk(pop, group, chunk_index, members, data, workdir, swept, *, summaries=None,
               progress=None):
-    """Trains one chunk (padded to the population size) from its latest
-    checkpoint, writing rows, summaries and checkpoints as it goes."""
+    """Trains one chunk (padded to the population size and sharded over the
+    devices) from its latest checkpoint, writing rows, summaries and
+    checkpoints at evaluations."""
     cfg = group.config
-    size = min(cfg.train.max_population, len(group.points))
+    size = sharding.population_size(len(group.points), cfg.train.max_population)
     n = len(members)
     padded = members + [members[0]] * (size - n)
     seeds = np.asarray([p.config.seed for p in padded], np.int32)
     hparams = pop_lib.hparams_of([p.config for p in padded])
-    state = pop.init(seeds, hparams)
+    state = pop.init(*sharding.shard_members((seeds, hparams)))
     total = cfg.train.steps
     ids = [p.id for p in members]
     meta = {"points": ids, "group": group.id, "chunk": chunk_index,
             "config": sweep_lib._jsonable(cfg)}
+    writer = sharding.is_writer()
     with checkpoints.ChunkCheckpointer(workdir, group.id, chunk_index,
                                        max_to_keep=cfg.train.keep_checkpoints) as ckpt:
-        found = ckpt.restore_latest(_real(state, n), points=ids)
+        template = jax.tree.map(lambda a: np.zeros((n,) + a.shape[1:], a.dtype), state)
+        found = ckpt.restore_latest(template, points=ids)
         start = 0
         if found is not None:
             start, restored, _ = found
-            state = _pad(restored, size)
+            state = sharding.shard_members(_pad(restored, size))
             log.info("resuming %s chunk %d at step %d", group.id, chunk_index, start)
         if start >= total:
             return state
 
         def on_eval(step, state, scalars, hists):
-            host = jax.device_get(scalars)
+            host = sharding.to_host(scalars)
             # Step 0 needs no checkpoint: the initialisation is recomputed exactly.
             if step > 0 and (step % cfg.train.checkpoint_every == 0 or step == total):
-                ckpt.save(step, _real(state, n), meta)
+                real = _real(state, n)
+                if jax.process_count() > 1:
+                    real = sharding.to_host(real)
+                if writer:
+                    ckpt.save(step, real, meta)
+            if not writer:
+                return
             frame = results.rows_for_evaluation(members, step, host, swept)
             results.write_part(workdir, group.id, chunk_index, step, frame)
             if summaries is not None:
-                summaries.write_evaluation(members, step, host, jax.device_get(hists),
+                summaries.write_evaluation(members, step, host, sharding.to_host(hists),
                                            resumed_from=start if start else None)
             if progress is not None:
                 progress(group, chunk_index, step, total, n, host)
@@ -219,29 +228,46 @@ def population_for(group, dataset) -> pop_lib.Population:
     return _POPULATIONS[group.id]
 
 
+def task_share(groups, num_tasks: int, task_index: int) -> list[tuple]:
+    """The (group, chunk) units of a job-array task: units in order of group
+    and chunk, unit k to task k mod num_tasks. Deterministic, so N tasks
+    launched with the same command split the sweep without talking."""
+    units = [(g, c) for g in groups for c in sorted({p.chunk for p in g.points})]
+    return [u for k, u in enumerate(units) if k % num_tasks == task_index]
+
+
 def run_sweep(base, sweep, workdir, overrides=None, *, progress=None,
-              tensorboard: bool = True) -> list:
+              tensorboard: bool = True, num_tasks: int = 1, task_index: int = 0) -> list:
     """Runs (or continues) every point of the sweep into ``workdir``.
 
     Chunks whose checkpoint is at ``train.steps`` are skipped; the others
     continue from their latest checkpoint, so a killed sweep resumes where it
     stopped and new points of a grown sweep train in chunks of their own.
+    With ``num_tasks > 1`` this process trains only its share (task_share).
     """
+    if not 0 <= task_index < num_tasks:
+        raise ConfigError(f"--task_index = {task_index} is not allowed; it must be in "
+                          f"[0, {num_tasks}) for --num_tasks = {num_tasks}.")
     points, groups, workdir = plan(base, sweep, workdir, overrides)
-    write_metadata(workdir, _base_with(base, overrides), sweep, points)
+    if sharding.is_writer():
+        write_metadata(workdir, _base_with(base, overrides), sweep, points)
     swept = sweep_lib.swept_fields(points)
-    summaries = (summary_lib.SweepSummaries(workdir, points, swept) if tensorboard else None)
+    summaries = (summary_lib.SweepSummaries(workdir, points, swept)
+                 if tensorboard and sharding.is_writer() else None)
+    mine = task_share(groups, num_tasks, task_index)
     try:
         for group in groups:
             by_chunk: dict[int, list] = {}
             for p in group.points:
                 by_chunk.setdefault(p.chunk, []).append(p)
-            todo = [c for c in sorted(by_chunk) if not chunk_is_finished(workdir, group, c)]
+            todo = [c for g, c in mine if g is group
+                    and not chunk_is_finished(workdir, group, c)]
             if not todo:
                 continue
             dataset = data_lib.load(group.config)
             pop = population_for(group, dataset)
-            data = pop_lib.device_data(dataset, data_lib.probe_indices(group.config))
+            data = sharding.replicate(
+                pop_lib.device_data(dataset, data_lib.probe_indices(group.config)))
             for chunk_index in todo:
                 run_chunk(pop, group, chunk_index, by_chunk[chunk_index], data, workdir,
                           swept, summaries=summaries, progress=progress)

@@ -16,16 +16,16 @@ with W_ij ~ N(0, σ_w²/N_{l-1}) and b_i ~ N(0, σ_b²); ``sigma_w2`` = σ_w²,
 * variance map   V(q) = σ_w² E[φ(u)²] + σ_b²;  q* = lim V^l(q0), q0 = 1.
 * χ1 = σ_w² E[φ'(u)²] at q = q*  (slope of the correlation map at c = 1).
 * correlation map C(c) = (σ_w² E[φ(u1) φ(u2)] + σ_b²) / q*, (u1, u2) ~ N(0, q*[[1, c], [c, 1]]).
-Every function takes ``q0`` (default 1): q* is the fixed point the variance
-map reaches from q0. Some activations are bistable (e.g. GELU and SiLU with
-small σ_b² have a stable fixed point near 0 and diverge from large q), so q*
-and everything built on it can depend on q0; tanh, sigmoid, softsign, ELU and
-the ReLU family have one attracting fixed point (or none) for q0 > 0.
-
 * c* : the stable fixed point of C (1 in the ordered phase χ1 ≤ 1; the unique
   fixed point in [0, 1) in the chaotic phase χ1 > 1; see :func:`cstar`).
 * depth scales  ξ_q = −1/log V'(q*),  V'(q*) = χ1 + σ_w² E[φ''(u) φ(u)]
                 ξ_c = −1/log χ_c,     χ_c = σ_w² E[φ'(u1) φ'(u2)] at c = c*.
+
+Every function takes ``q0`` (default 1): q* is the fixed point the variance
+map reaches from q0. Some activations are bistable (GELU and SiLU with small
+σ_b² can have a stable fixed point near 0 and diverge from larger q), so q* and
+everything built on it can depend on q0 there. The ReLU family has at most one
+fixed point; for other activations check q0-sensitivity at your settings.
 
 Gaussian expectations use composite Gauss–Legendre quadrature with panel
 breakpoints at the activations' kink (u = 0), on the activation's own scale
@@ -113,12 +113,12 @@ def _homogeneous_moments(act, slope):
 
 # --- Gaussian quadrature ------------------------------------------------------
 
-def _nodes(mean, std, rule):
+def _nodes(mean, std, rule, kink_scale=None):
     """Nodes and weights (Gaussian density included) of E over N(mean, std²).
 
     ``mean`` and ``std`` are arrays of one shape S; returns arrays of shape S + (n,).
     Panels: breakpoints at mean ± k·std, at 0 and at ± the activation scales,
-    clipped to mean ± 12 std.
+    and (``kink_scale``, a float) at ± k·kink_scale around 0, clipped to mean ± 12 std.
     """
     x, w = rule
     mean = np.asarray(mean, float)[..., None]
@@ -126,6 +126,8 @@ def _nodes(mean, std, rule):
     lo, hi = mean - _SPAN * std, mean + _SPAN * std
     gauss = mean + std * np.concatenate([-_GAUSS_BREAKS, [0.0], _GAUSS_BREAKS])
     act = np.concatenate([-_ACT_BREAKS[1:], _ACT_BREAKS])
+    if kink_scale is not None:
+        act = np.concatenate([act, kink_scale * _GAUSS_BREAKS, -kink_scale * _GAUSS_BREAKS])
     pts = np.concatenate([lo, hi, gauss, np.broadcast_to(act, mean.shape[:-1] + act.shape)], axis=-1)
     pts = np.sort(np.clip(pts, lo, hi), axis=-1)
     a, b = pts[..., :-1, None], pts[..., 1:, None]
@@ -154,8 +156,9 @@ def gaussian_expectation_2d(f, q, c) -> float:
         raise ValueError(f"correlation c = {c} is outside [-1, 1].")
     if abs(c) == 1.0:
         return float(gaussian_expectation(lambda u: f(u, c * u), q))
-    u1, w1 = _nodes(0.0, math.sqrt(q), _GL2)
     s = math.sqrt(q * (1.0 - c) * (1.0 + c))
+    # The inner integral smooths the kink of φ(u2) at u2 = 0 over |u1| ≲ s/|c|: resolve that scale.
+    u1, w1 = _nodes(0.0, math.sqrt(q), _GL2, kink_scale=s / max(abs(c), 1e-300))
     u2, w2 = _nodes(c * u1, np.full_like(u1, s), _GL2)
     vals = f(np.broadcast_to(u1[:, None], u2.shape), u2)
     return float(np.sum(w1[:, None] * w2 * vals))
@@ -193,7 +196,8 @@ def qstar(activation, sigma_w2, sigma_b2, *, slope=None, q0=1.0) -> float:
       (unique). If σ_w² m > 1, or σ_w² m = 1 with σ_b² > 0, q^l grows without bound:
       returns ``math.inf``. If σ_w² m = 1 and σ_b² = 0 (ReLU: σ_w² = 2, σ_b² = 0)
       every q is a fixed point: returns ``q0`` (the value reached from q0), by choice.
-    * Other φ: the map is increasing, so the orbit from q0 is monotone and converges
+    * Other φ: assuming V is increasing (as for the registry's activations at the
+      tested settings; the tests compare with plain iteration), the orbit from q0 is monotone and converges
       to the nearest fixed point in the direction of V(q0) − q0. That root is found
       by scanning a geometric grid from q0 (ratio 0.8, then coarser below q0·1e-12)
       and refined with Brent's method to ~1e-15 relative. q* = 0 (e.g. tanh, σ_b² = 0,

@@ -1,0 +1,89 @@
+"""Sharding the member axis over devices and splitting sweeps over job arrays
+change nothing but speed."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import deadjax
+from deadjax import runner, sharding, sweep
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _four_devices(script: str, timeout=300):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+               XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+SWEEP = """
+    import jax
+    from deadjax import runner, sweep
+    from tests.conftest import tiny_config
+    assert jax.device_count() == 4
+    base = tiny_config(train__max_population=4, train__steps={steps},
+                       diagnostics__families=("dead", "gradients"))
+    runner.run_sweep(base, sweep.product({{"seed": range(6)}}), {workdir!r}, tensorboard=False)
+"""
+
+
+def _base(steps):
+    return tiny_config(train__max_population=4, train__steps=steps,
+                       diagnostics__families=("dead", "gradients"))
+
+
+def test_four_devices_match_one_device_and_resume_on_one(tmp_path):
+    _four_devices(SWEEP.format(steps=20, workdir=str(tmp_path / "four")))
+    points = sweep.product({"seed": range(6)})
+    runner.run_sweep(_base(20), points, tmp_path / "one", tensorboard=False)
+    four = deadjax.load_results(tmp_path / "four")
+    one = deadjax.load_results(tmp_path / "one")
+    assert sorted(four.seed.unique()) == list(range(6))  # padding never in results
+    assert len(four) == len(one) == 6 * 3
+    pd.testing.assert_frame_equal(four, one, rtol=1e-5)
+
+    # the checkpoint saved on 4 devices resumes on this 1-device process
+    runner.run_sweep(_base(40), points, tmp_path / "four", tensorboard=False)
+    runner.run_sweep(_base(40), points, tmp_path / "one40", tensorboard=False)
+    resumed = deadjax.load_results(tmp_path / "four")
+    straight = deadjax.load_results(tmp_path / "one40")
+    assert not resumed.duplicated(["point", "step"]).any()
+    pd.testing.assert_frame_equal(resumed, straight, rtol=1e-5)
+
+
+def test_two_array_tasks_equal_one_task(tmp_path):
+    base = tiny_config(train__max_population=2, diagnostics__families=("dead",))
+    points = sweep.product({"model.activation": ["relu", "tanh"]}, {"seed": range(3)})
+    for task in (0, 1):
+        runner.run_sweep(base, points, tmp_path / "array", tensorboard=False,
+                         num_tasks=2, task_index=task)
+    runner.run_sweep(base, points, tmp_path / "single", tensorboard=False)
+    pd.testing.assert_frame_equal(deadjax.load_results(tmp_path / "array"),
+                                  deadjax.load_results(tmp_path / "single"), check_exact=True)
+
+
+def test_task_share_is_a_deterministic_partition():
+    base = tiny_config(train__max_population=2)
+    points = sweep.resolve_points(base, sweep.product({"model.activation": ["relu", "tanh"]},
+                                                      {"seed": range(5)}))
+    groups = sweep.group_points(points)
+    runner.assign_chunks(groups, {}, 2)
+    shares = [runner.task_share(groups, 3, i) for i in range(3)]
+    units = [(g.id, c) for share in shares for g, c in share]
+    assert len(units) == len(set(units)) == 2 * 3  # 2 groups x 3 chunks, each once
+    assert [len(s) for s in shares] == [2, 2, 2]
+
+
+def test_population_size_is_a_multiple_of_the_device_count():
+    assert sharding.population_size(10, 4) == 4
+    assert sharding.population_size(3, 256) == 3
