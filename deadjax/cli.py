@@ -16,27 +16,68 @@ EXIT_BAD_CONFIG = 2
 
 
 class Progress:
-    """One line per evaluation when output is not a terminal; a rich bar when it is."""
+    """One progress display for the whole sweep: chunks and groups done,
+    member-steps trained, member-steps per second and time left.
 
-    def __init__(self, total_member_steps: int, stream=sys.stderr):
-        self.total = max(total_member_steps, 1)
+    On a terminal it is a live ``rich`` bar; otherwise (logs, CI, SLURM) it
+    prints one plain line per finished chunk.
+    """
+
+    def __init__(self, groups, stream=sys.stderr):
+        self.stream = stream
+        self.total = max(sum(len(g.points) * g.config.train.steps for g in groups), 1)
+        self.chunks_left = {g.id: len({p.chunk for p in g.points}) for g in groups}
+        self.num_groups = len(groups)
         self.done = 0
         self.t0 = time.time()
-        self.stream = stream
-        self._last = {}
+        self._at: dict = {}
+        self._bar = None
+        if getattr(stream, "isatty", lambda: False)():
+            from rich.console import Console
+            from rich.progress import (BarColumn, Progress as RichProgress, TextColumn,
+                                       TimeRemainingColumn)
+            self._bar = RichProgress(
+                TextColumn("{task.description}"), BarColumn(),
+                TextColumn("{task.completed:,.0f}/{task.total:,.0f} member-steps"),
+                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                console=Console(file=stream), transient=False)
+            self._task = self._bar.add_task(self._describe(), total=self.total, rate="")
+            self._bar.start()
+
+    def _describe(self) -> str:
+        groups_done = sum(1 for left in self.chunks_left.values() if left == 0)
+        return f"groups {groups_done}/{self.num_groups}"
+
+    def begin(self, group, chunk, start: int, members: int) -> None:
+        """A chunk starts at ``start`` (> 0 when resumed): those steps count as done."""
+        self._at[(group.id, chunk)] = start
+        self.done += start * members
 
     def __call__(self, group, chunk, step, total, members, scalars):
         key = (group.id, chunk)
-        prev = self._last.get(key, 0)
-        self._last[key] = step
-        self.done += (step - prev) * members
-        rate = self.done / max(time.time() - self.t0, 1e-9)
-        left = (self.total - self.done) / rate if rate > 0 else math.inf
-        acc = scalars.get("test/accuracy")
-        acc_text = f" test acc {float(acc[:members].mean()):.3f}" if acc is not None else ""
-        print(f"[{group.id} chunk {chunk}] step {step}/{total} members {members}"
-              f"{acc_text} | {self.done}/{self.total} member-steps, {rate:,.0f}/s, "
-              f"{left:,.0f}s left", file=self.stream, flush=True)
+        self.done += (step - self._at.get(key, 0)) * members
+        self._at[key] = step
+        elapsed = max(time.time() - self.t0, 1e-9)
+        rate = self.done / elapsed
+        finished = step >= total
+        if finished:
+            self.chunks_left[group.id] -= 1
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, description=self._describe(),
+                             rate=f"{rate:,.0f}/s")
+        elif finished:
+            acc = scalars.get("test/accuracy")
+            acc_text = (f", mean test accuracy {float(acc[:members].mean()):.4f}"
+                        if acc is not None else "")
+            left = (self.total - self.done) / rate if rate > 0 else math.inf
+            print(f"deadjax: {group.id} chunk {chunk} done ({members} members, {step} steps"
+                  f"{acc_text}); {self._describe()}, {self.done:,}/{self.total:,} member-steps, "
+                  f"{rate:,.0f} member-steps/s, {left:,.0f} s left",
+                  file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
 
 
 def summary_table(workdir, limit: int = 40) -> str:
@@ -67,15 +108,17 @@ def sweep_main(flags) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    total = sum(len(g.points) * g.config.train.steps for g in groups)
     print(f"deadjax: {len(points)} points in {len(groups)} groups -> {workdir}",
           file=sys.stderr)
+    progress = Progress(groups)
     try:
-        runner.run_sweep(base, sweep, flags.workdir, overrides, progress=Progress(total),
+        runner.run_sweep(base, sweep, flags.workdir, overrides, progress=progress,
                          num_tasks=flags.num_tasks, task_index=flags.task_index)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    finally:
+        progress.close()
     if sharding.is_writer():
         print(summary_table(workdir))
     return 0

@@ -190,6 +190,8 @@ def run_chunk(pop, group, chunk_index, members, data, workdir, swept, *, summari
             log.info("resuming %s chunk %d at step %d", group.id, chunk_index, start)
         if start >= total:
             return state
+        if progress is not None and writer:
+            progress.begin(group, chunk_index, start, n)
 
         def on_eval(step, state, scalars, hists):
             host = sharding.to_host(scalars)
