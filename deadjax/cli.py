@@ -110,6 +110,8 @@ def sweep_main(flags) -> int:
         return EXIT_BAD_CONFIG
     print(f"deadjax: {len(points)} points in {len(groups)} groups -> {workdir}",
           file=sys.stderr)
+    for g in groups:
+        print(f"deadjax: group {g.id}: {len(g.points)} points, {g.chunk_note}", file=sys.stderr)
     progress = Progress(groups)
     try:
         runner.run_sweep(base, sweep, flags.workdir, overrides, progress=progress,

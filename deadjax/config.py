@@ -87,6 +87,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 1000
     c.train.keep_checkpoints = 3
     c.train.max_population = 256
+    c.train.memory_budget_gb = 0.0
     c.train.loss = "cross_entropy"
     c.train.precision = "highest"
     c.train.eval_batch_size = 4096
@@ -246,6 +247,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _number("train.checkpoint_every", t.checkpoint_every, low=1, integer=True)
     _number("train.max_population", t.max_population, low=1, integer=True)
     _number("train.keep_checkpoints", t.keep_checkpoints, low=1, integer=True)
+    _number("train.memory_budget_gb", t.memory_budget_gb, low=0.0,
+            what="(0 means chunks of train.max_population members)")
     _allowed("train.loss", t.loss, ("cross_entropy", "mse"))
     _allowed("train.precision", t.precision, ("highest", "tf32", "bf16"))
     _number("train.eval_batch_size", t.eval_batch_size, low=1, integer=True)

@@ -24,7 +24,7 @@ import numpy as np
 from deadjax import config as config_lib
 from deadjax import data as data_lib
 from deadjax import population as pop_lib
-from deadjax import checkpoints, results, sharding, sweep as sweep_lib, train
+from deadjax import checkpoints, memory, results, sharding, sweep as sweep_lib, train
 from deadjax import summaries as summary_lib
 from deadjax.config import ConfigError
 
@@ -85,10 +85,12 @@ def read_points(workdir: Path) -> dict[str, dict]:
     return {r["point"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
 
 
-def assign_chunks(groups, known: Mapping[str, dict], max_population: int) -> None:
+def assign_chunks(groups, known: Mapping[str, dict], max_population: int | None = None) -> None:
     """Keeps the chunk of every point seen before (resume needs the same
-    chunking) and puts new points into new chunks after them."""
+    chunking) and puts new points into new chunks after them, of the group's
+    ``chunk_size`` members (or ``max_population``)."""
     for g in groups:
+        size = max_population or getattr(g, "chunk_size", None) or g.config.train.max_population
         fresh = []
         for p in g.points:
             if p.id in known:
@@ -96,7 +98,7 @@ def assign_chunks(groups, known: Mapping[str, dict], max_population: int) -> Non
             else:
                 fresh.append(p)
         start = 1 + max((p.chunk for p in g.points if p.chunk >= 0), default=-1)
-        for i, members in enumerate(sweep_lib.chunks(fresh, max_population)):
+        for i, members in enumerate(sweep_lib.chunks(fresh, size)):
             for p in members:
                 p.chunk = start + i
 
@@ -129,7 +131,14 @@ def plan(base, sweep, workdir, overrides=None):
         data_lib.check(g.config)
     workdir = Path(workdir).absolute()
     check_same_experiment(workdir, _base_with(base, overrides))
-    assign_chunks(groups, read_points(workdir), base.train.max_population)
+    for g in groups:
+        if g.config.train.memory_budget_gb > 0:
+            pop = population_for(g, data_lib.load(g.config))
+            g.chunk_size, g.chunk_note = memory.chunk_size(pop)
+        else:
+            g.chunk_size = g.config.train.max_population
+            g.chunk_note = f"chunks of at most {g.chunk_size} members (train.max_population)"
+    assign_chunks(groups, read_points(workdir))
     return points, groups, workdir
 
 
@@ -168,7 +177,7 @@ def run_chunk(pop, group, chunk_index, members, data, workdir, swept, *, summari
     devices) from its latest checkpoint, writing rows, summaries and
     checkpoints at evaluations."""
     cfg = group.config
-    size = sharding.population_size(len(group.points), cfg.train.max_population)
+    size = sharding.population_size(len(group.points), group.chunk_size)
     n = len(members)
     padded = members + [members[0]] * (size - n)
     seeds = np.asarray([p.config.seed for p in padded], np.int32)

@@ -119,6 +119,8 @@ class Group:
     id: str
     config: ml_collections.ConfigDict   # a representative (static fields shared)
     points: list
+    chunk_size: int = 0                 # members per chunk (runner.plan chooses it)
+    chunk_note: str = ""                # how it was chosen
 
 
 def static_fields(config) -> dict:
