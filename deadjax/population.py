@@ -132,18 +132,42 @@ class Population:
         x, y = data["x_train"][idx], data["y_train"][idx]
         dropout_key = jax.random.fold_in(state.key, state.step)
 
-        def loss_fn(params):
-            logits, mutated = self.model.apply(
-                self._variables(state, params), x, state.hparams, train=True,
-                dropout_key=dropout_key, mutable=["batch_stats"])
-            data_loss = metrics.cross_entropy(logits, y)
-            penalty = optim.l2_penalty(params, state.hparams["weight_decay"], cfg.optim.name)
-            # Flax keeps running statistics in float32 whatever the compute dtype.
-            stats = jax.tree.map(lambda new, old: new.astype(old.dtype),
-                                 mutated.get("batch_stats", {}), state.batch_stats)
-            return data_loss + penalty, stats
+        def loss_and_grads(params, batch_stats, hparams, x, y, dropout_key, with_dropout):
+            def loss_fn(params):
+                logits, mutated = self.model.apply(
+                    {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})},
+                    x, hparams, train=True, dropout_key=dropout_key if with_dropout else None,
+                    mutable=["batch_stats"])
+                data_loss = metrics.cross_entropy(logits, y)
+                penalty = optim.l2_penalty(params, hparams["weight_decay"], cfg.optim.name)
+                # Flax keeps running statistics in float32 whatever the compute dtype.
+                stats = jax.tree.map(lambda new, old: new.astype(old.dtype),
+                                     mutated.get("batch_stats", {}), batch_stats)
+                return data_loss + penalty, stats
+            return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        # Dropout at rate 0 is the identity exactly (models.inverted_dropout),
+        # but drawing its masks costs a third of a step of the seed MLP on CPU.
+        # The rate is per member (traced), so the choice is made over the whole
+        # population, outside the vmap: when no member has a non-zero rate the
+        # masks are not drawn; the numbers are the same either way.
+        @jax.custom_batching.custom_vmap
+        def step_grads(*args):
+            rate = args[2]["dropout"]
+            return jax.lax.cond(rate != 0, lambda *a: loss_and_grads(*a, True),
+                                lambda *a: loss_and_grads(*a, False), *args)
+
+        @step_grads.def_vmap
+        def _(axis_size, in_batched, *args):
+            args = [jax.tree.map(lambda a, b: a if b else jnp.broadcast_to(a, (axis_size,) + a.shape),
+                                 arg, batched) for arg, batched in zip(args, in_batched)]
+            any_dropout = jnp.any(args[2]["dropout"] != 0)
+            out = jax.lax.cond(any_dropout, jax.vmap(lambda *a: loss_and_grads(*a, True)),
+                               jax.vmap(lambda *a: loss_and_grads(*a, False)), *args)
+            return out, jax.tree.map(lambda _: True, out)
+
+        (loss, batch_stats), grads = step_grads(state.params, state.batch_stats, state.hparams,
+                                                x, y, dropout_key)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ratio = jnp.stack([
