@@ -13,6 +13,6 @@ __version__ = "0.1.0"
 
 from deadjax.checkpoints import load_member
 from deadjax.data import load_dataset, probe_batch
-from deadjax.results import load_results
+from deadjax.results import load_histograms, load_results
 
-__all__ = ["load_results", "load_member", "load_dataset", "probe_batch", "__version__"]
+__all__ = ["load_results", "load_histograms", "load_member", "load_dataset", "probe_batch", "__version__"]

@@ -75,6 +75,42 @@ def write_part(workdir, group: str, chunk: int, step: int, frame: pd.DataFrame) 
     return path
 
 
+HISTOGRAMS = "histograms.parquet"
+
+
+def write_histograms(workdir, group: str, chunk: int, step: int, points: Sequence,
+                     hists: Mapping[str, tuple]) -> Path:
+    """One part of ``DIR/histograms.parquet``: per point and histogram name
+    (``preact/layer_0``, ``activation/layer_0``, ``delta/layer_0``), the
+    compact fixed-bin form ``lo, hi, counts`` (counts over ``num_bins`` equal
+    bins of [lo, hi]; docs/metrics.md)."""
+    rows = {"point": [], "step": [], "name": [], "lo": [], "hi": [], "counts": []}
+    for name in sorted(hists):
+        lo, hi, counts = (np.asarray(a) for a in hists[name])
+        for i, p in enumerate(points):
+            rows["point"].append(p.id)
+            rows["step"].append(step)
+            rows["name"].append(name)
+            rows["lo"].append(float(lo[i]))
+            rows["hi"].append(float(hi[i]))
+            rows["counts"].append(counts[i].astype(np.int64))
+    path = Path(workdir) / HISTOGRAMS / group / f"chunk_{chunk:04d}" / f"step_{step:09d}.parquet"
+    import io
+    buf = io.BytesIO()
+    pd.DataFrame(rows).to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def load_histograms(workdir) -> pd.DataFrame:
+    """Every stored histogram: columns point, step, name, lo, hi, counts."""
+    parts = sorted((Path(workdir) / HISTOGRAMS).glob("*/chunk_*/step_*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"{Path(workdir) / HISTOGRAMS} holds no histograms.")
+    frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    return frame.sort_values(["point", "step", "name"], kind="stable").reset_index(drop=True)
+
+
 def load_results(workdir) -> pd.DataFrame:
     """The results table of a workdir as one tidy DataFrame, sorted by point and step.
 

@@ -215,8 +215,12 @@ def run_chunk(pop, group, chunk_index, members, data, workdir, swept, *, summari
                 return
             frame = results.rows_for_evaluation(members, step, host, swept)
             results.write_part(workdir, group.id, chunk_index, step, frame)
+            host_hists = sharding.to_host(hists) if hists else {}
+            if host_hists:
+                results.write_histograms(workdir, group.id, chunk_index, step, members,
+                                         host_hists)
             if summaries is not None:
-                summaries.write_evaluation(members, step, host, sharding.to_host(hists),
+                summaries.write_evaluation(members, step, host, host_hists,
                                            resumed_from=start if start else None)
             if progress is not None:
                 progress(group, chunk_index, step, total, n, host)

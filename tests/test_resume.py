@@ -139,3 +139,18 @@ def test_load_member_returns_flax_layout_params(tmp_path):
     assert list(member["params"]) == ["Dense_0", "Dense_1", "Dense_2"]
     assert member["params"]["Dense_0"]["kernel"].shape == (12, 10)
     assert member["params"]["Dense_2"]["kernel"].shape == (8, 4)
+
+
+def test_histograms_are_stored_compactly_per_point_and_step(tmp_path):
+    base = tiny_config(diagnostics__families=("dead",), diagnostics__histogram_bins=7)
+    runner.run_sweep(base, sweep.product({"seed": [0, 1]}), tmp_path, tensorboard=False)
+    hist = deadjax.load_histograms(tmp_path)
+    assert set(hist.name) == {f"{k}/layer_{l}" for k in ("preact", "activation", "delta")
+                              for l in (0, 1)}
+    assert len(hist) == 2 * 3 * 6  # points x evaluations x histograms
+    probe = deadjax.probe_batch(base).shape[0]
+    sizes = hist.counts.map(len).unique().tolist()
+    assert sizes == [7]
+    totals = hist.assign(total=hist.counts.map(sum)).set_index("name").total
+    assert (totals.loc["preact/layer_0"] == probe * 10).all()
+    assert (hist.lo <= hist.hi).all()
