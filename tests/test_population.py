@@ -60,6 +60,7 @@ def test_member_in_population_equals_member_alone_float32():
                      member_params, alone_params)
 
 
+@pytest.mark.slow
 def test_member_in_population_equals_member_alone_float64():
     """With jax_enable_x64 the agreement is to 1e-9 in every parameter."""
     script = textwrap.dedent("""

@@ -47,6 +47,7 @@ def _load(path):
     return base, points
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
     exp = _experiment(tmp_path, 400)
     killed = tmp_path / "killed"
@@ -108,6 +109,7 @@ def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path):
                                   deadjax.load_results(tmp_path / "straight"), check_exact=True)
 
 
+@pytest.mark.slow
 def test_grown_sweep_keeps_old_points_and_trains_new_ones(tmp_path):
     base = tiny_config(diagnostics__families=("dead",))
     work = tmp_path / "w"

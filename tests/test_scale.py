@@ -42,6 +42,7 @@ def _base(steps):
                        diagnostics__families=("dead", "gradients"))
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device_and_resume_on_one(tmp_path):
     _four_devices(SWEEP.format(steps=20, workdir=str(tmp_path / "four")))
     points = sweep.product({"seed": range(6)})
@@ -61,6 +62,7 @@ def test_four_devices_match_one_device_and_resume_on_one(tmp_path):
     pd.testing.assert_frame_equal(resumed, straight, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_array_tasks_equal_one_task(tmp_path):
     base = tiny_config(train__max_population=2, diagnostics__families=("dead",))
     points = sweep.product({"model.activation": ["relu", "tanh"]}, {"seed": range(3)})

@@ -1,0 +1,61 @@
+"""The benchmark's helpers: its FLOP count, and a hand-written baseline that
+trains exactly what deadjax trains (no timing here)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deadjax import benchmarking as bm, data as data_lib
+
+
+def test_parameter_and_flop_count_of_the_seed_mlp():
+    # 784*128 + 128 + 128*128 + 128 + 128*10 + 10
+    assert bm.num_params(784, (128, 128), 10) == 118_282
+    assert bm.flops_per_member_step(784, (128, 128), 10, 128) == 6 * 118_282 * 128
+    assert bm.num_params(5, (), 3) == 18  # logistic regression
+
+
+def _small_seed_config(steps):
+    c = bm.seed_config(eval_every=steps, steps=steps, max_population=3, num_test=16)
+    c.data.num_train = 80
+    c.data.num_features = 12
+    c.data.batch_size = 16
+    c.model.widths = (10, 8)
+    c.diagnostics.probe_size = 16
+    return c
+
+
+def test_handwritten_step_trains_what_deadjax_trains():
+    steps = 7  # more than an epoch of 4 batches: the permutation changes
+    cfg = _small_seed_config(steps)
+    pop, state, data = bm.deadjax_population(cfg, 3)
+    hw = bm.Handwritten(cfg, data_lib.load(cfg))
+    members = hw.from_deadjax(state)
+
+    # The loss of the first step, on the same batch, from the same parameters.
+    first = jax.vmap(lambda m: hw.step(m)[1])(members)
+    x, y = data["x_train"], data["y_train"]
+    for i in range(3):
+        idx = data_lib.batch_indices(0, num_train=hw.n, batch_size=hw.b, order="shuffle",
+                                     member_key=state.data_key[i])
+        logits = pop.model.apply({"params": jax.tree.map(lambda a: a[i], state.params)},
+                                 x[idx], jax.tree.map(lambda a: a[i], state.hparams))
+        ref = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(hw.b), y[idx]])
+        np.testing.assert_allclose(first[i], ref, rtol=1e-6)
+
+    after, _ = hw.population_program(steps)(members)
+    state, scalars, _ = pop.train_chunk(state, data, jnp.int32(steps))
+    names = sorted(state.params, key=lambda n: int(n.split("_")[1]))
+    for l, n in enumerate(names):
+        np.testing.assert_allclose(after[0][l][0], state.params[n]["kernel"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(after[0][l][1], state.params[n]["bias"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(after[3], state.step)
+
+    # The loop baseline is the same step, one member at a time.
+    one, _ = hw.member_program(steps)(bm.member(hw.from_deadjax(
+        bm.deadjax_population(cfg, 3)[1]), 1))
+    np.testing.assert_allclose(one[0][0][0], after[0][0][0][1], rtol=1e-5, atol=1e-6)
+
+
+def test_matmul_peak_is_positive():
+    assert bm.matmul_flops_per_second(jax.devices()[0], size=64, repeats=1) > 0
