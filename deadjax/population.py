@@ -3,15 +3,14 @@
 Everything here is written for **one member** as pure functions over a
 :class:`MemberState`; the population is ``jax.vmap`` over a leading member
 axis. :class:`Population` holds a group's static structure (model, optimiser,
-dataset shapes) and its three compiled programs:
+dataset shapes) and its two compiled programs:
 
 - ``init(seeds, hparams)``: every member's initial state;
-- ``evaluate(state, data)``: metrics and diagnostics of every member (used for
-  the evaluation at step 0);
-- ``train_chunk(state, data, stop)``: ``lax.scan`` over ``eval_every`` steps of
-  the vmapped training step, then the same evaluation, in one program. Steps at
-  or past ``stop`` leave a member unchanged, so a final chunk shorter than
-  ``eval_every`` reuses the same program.
+- ``train_chunk(state, data, stop)``: a loop of the vmapped training step up
+  to step ``stop``, then every member's evaluation and diagnostics, in one
+  program. The trip count is traced, so chunks of any length reuse it;
+- ``evaluate(state, data)``: ``train_chunk`` with no steps to take (the
+  evaluation at step 0), the same compiled program.
 
 A member whose training loss is non-finite is marked diverged at that step and
 stops updating (its parameters stay at their last finite values); the others
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from deadjax import activations, data as data_lib, diagnostics, metrics, models, optim
+from deadjax import activations, data as data_lib, diagnostics, metrics, models, optim, sharding
 
 # Per-member hyperparameters: state key -> config field.
 HPARAMS = {
@@ -95,9 +94,13 @@ class Population:
         self.precision = MATMUL_PRECISION[config.train.precision]
         self.shared_key = jax.random.PRNGKey(config.data.seed)
         self.has_val = dataset.x_val.shape[0] > 0
-        self.init = jax.jit(jax.vmap(self._init_member))
-        self.evaluate = jax.jit(self._evaluate_population)
-        self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
+        # Every output has a leading member axis, sharded over all devices; fixing
+        # the output sharding keeps the program's signature identical from call
+        # to call (init's output, or a chunk's, feeds the next chunk).
+        members = sharding.members()
+        self.init = jax.jit(jax.vmap(self._init_member), out_shardings=members)
+        self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0,
+                                   out_shardings=(members, members, members))
 
     # ------------------------------------------------------------------ init
     def _init_member(self, seed, hparams) -> MemberState:
@@ -132,42 +135,18 @@ class Population:
         x, y = data["x_train"][idx], data["y_train"][idx]
         dropout_key = jax.random.fold_in(state.key, state.step)
 
-        def loss_and_grads(params, batch_stats, hparams, x, y, dropout_key, with_dropout):
-            def loss_fn(params):
-                logits, mutated = self.model.apply(
-                    {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})},
-                    x, hparams, train=True, dropout_key=dropout_key if with_dropout else None,
-                    mutable=["batch_stats"])
-                data_loss = metrics.cross_entropy(logits, y)
-                penalty = optim.l2_penalty(params, hparams["weight_decay"], cfg.optim.name)
-                # Flax keeps running statistics in float32 whatever the compute dtype.
-                stats = jax.tree.map(lambda new, old: new.astype(old.dtype),
-                                     mutated.get("batch_stats", {}), batch_stats)
-                return data_loss + penalty, stats
-            return jax.value_and_grad(loss_fn, has_aux=True)(params)
+        def loss_fn(params):
+            logits, mutated = self.model.apply(
+                self._variables(state, params), x, state.hparams, train=True,
+                dropout_key=dropout_key, mutable=["batch_stats"])
+            data_loss = metrics.cross_entropy(logits, y)
+            penalty = optim.l2_penalty(params, state.hparams["weight_decay"], cfg.optim.name)
+            # Flax keeps running statistics in float32 whatever the compute dtype.
+            stats = jax.tree.map(lambda new, old: new.astype(old.dtype),
+                                 mutated.get("batch_stats", {}), state.batch_stats)
+            return data_loss + penalty, stats
 
-        # Dropout at rate 0 is the identity exactly (models.inverted_dropout),
-        # but drawing its masks costs a third of a step of the seed MLP on CPU.
-        # The rate is per member (traced), so the choice is made over the whole
-        # population, outside the vmap: when no member has a non-zero rate the
-        # masks are not drawn; the numbers are the same either way.
-        @jax.custom_batching.custom_vmap
-        def step_grads(*args):
-            rate = args[2]["dropout"]
-            return jax.lax.cond(rate != 0, lambda *a: loss_and_grads(*a, True),
-                                lambda *a: loss_and_grads(*a, False), *args)
-
-        @step_grads.def_vmap
-        def _(axis_size, in_batched, *args):
-            args = [jax.tree.map(lambda a, b: a if b else jnp.broadcast_to(a, (axis_size,) + a.shape),
-                                 arg, batched) for arg, batched in zip(args, in_batched)]
-            any_dropout = jnp.any(args[2]["dropout"] != 0)
-            out = jax.lax.cond(any_dropout, jax.vmap(lambda *a: loss_and_grads(*a, True)),
-                               jax.vmap(lambda *a: loss_and_grads(*a, False)), *args)
-            return out, jax.tree.map(lambda _: True, out)
-
-        (loss, batch_stats), grads = step_grads(state.params, state.batch_stats, state.hparams,
-                                                x, y, dropout_key)
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ratio = jnp.stack([
@@ -234,11 +213,19 @@ class Population:
             return jax.vmap(self._evaluate_member, in_axes=(0, None))(state, data)
 
     def _train_chunk(self, state, data, stop):
-        def body(s, _):
+        def body(_, s):
             with jax.default_matmul_precision(self.precision):
-                return jax.vmap(self._train_step, in_axes=(0, None, None))(s, data, stop), None
-        state, _ = jax.lax.scan(body, state, None, length=self.config.train.eval_every)
+                return jax.vmap(self._train_step, in_axes=(0, None, None))(s, data, stop)
+        # The trip count is traced, so one program serves every chunk length,
+        # including 0: the evaluation at step 0 (all members share a step).
+        state = jax.lax.fori_loop(0, stop - state.step[0], body, state)
         return self._evaluate_population(state, data)
+
+    def evaluate(self, state, data):
+        """Every member's evaluation at its current step, without training:
+        ``train_chunk`` with no steps to take (the same compiled program)."""
+        step = int(jax.device_get(state.step[0]))  # a host int: the same signature as every chunk
+        return self.train_chunk(state, data, jnp.int32(step))
 
 
 def device_data(dataset: data_lib.Dataset, probe_idx: np.ndarray) -> dict:
