@@ -197,7 +197,7 @@ def run_chunk(pop, group, chunk_index, members, data, workdir, swept, *, summari
             start, restored, _ = found
             state = sharding.shard_members(_pad(restored, size))
             log.info("resuming %s chunk %d at step %d", group.id, chunk_index, start)
-        if start >= total:
+        if found is not None and start >= total:
             return state
         if progress is not None and writer:
             progress.begin(group, chunk_index, start, n)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from deadjax import cli
@@ -33,6 +33,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    if not FLAGS["verbosity"].present:  # Orbax's INFO lines would drown the progress
+        logging.set_verbosity(logging.WARNING)
     sys.exit(cli.sweep_main(FLAGS))
 
 

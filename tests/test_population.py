@@ -156,3 +156,11 @@ def test_update_ratio_nan_at_step_zero_and_finite_after(tmp_path):
     assert frame.loc[frame.step > 0, "update_ratio/layer_0"].notna().all()
     assert frame.loc[frame.step == 0, "dead_persistent/layer_0"].isna().all()
     assert frame["born_dead"].nunique() == 1
+
+
+def test_zero_steps_evaluates_the_initialisation(tmp_path):
+    base = tiny_config(train__steps=0, diagnostics__families=("dead", "output"))
+    runner.run_sweep(base, sweep.product({"seed": [0, 1]}), tmp_path, tensorboard=False)
+    frame = runner.results.load_results(tmp_path)
+    assert frame.step.tolist() == [0, 0]
+    assert frame["born_dead"].notna().all()

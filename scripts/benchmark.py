@@ -1,0 +1,403 @@
+"""Benchmarks deadjax's training of the seed MLP; prints Markdown tables.
+
+    python scripts/benchmark.py --device cpu                    # all sections
+    python scripts/benchmark.py --device gpu --repeats 3        # populations 1..4096
+    python scripts/benchmark.py --only core --populations 1,8,64 --steps 200
+
+Sections (``--only``):
+
+``core``
+    member-steps per second of the seed MLP (784-128-128-10 ReLU, He-normal,
+    batch 128, Adam 1e-3, ``random`` data, ``shuffle`` order) trained by
+    deadjax (``Population.train_chunk``, diagnostics off) against a
+    hand-written ``jit(scan(vmap(step)))`` of the same model and against the
+    members trained one after another (``jit(scan(step))`` per member), from
+    the same initial state; compile time apart; the share of the device's
+    float32 matmul peak (measured here with a 4096² matmul), counting
+    ``6 · parameters · batch`` FLOPs per member-step.
+``diagnostics``
+    the same at population 64 with diagnostics on (default ``diagnostics.*``,
+    ``train.eval_every = 100``) against off.
+``io``
+    a 64-seed sweep through ``runner.run_sweep`` with TensorBoard on: the time
+    spent writing results, histograms, summaries and checkpoints against the
+    time spent training (compile excluded), at the default intervals.
+
+Every timing is repeated ``--repeats`` times, deadjax and its baseline
+interleaved, and the tables give medians. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from deadjax import benchmarking as bm  # noqa: E402
+from deadjax import data as data_lib  # noqa: E402
+
+
+
+# --------------------------------------------------------------------------
+# Flags and devices
+# --------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--populations", default=None,
+                   help="comma-separated; default 1,8,64,256 (cpu) or 1,4,...,4096 (gpu)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps per timed chunk; default 200 (cpu) or 1000 (gpu)")
+    p.add_argument("--member-steps", type=int, default=None,
+                   help="cap on population x steps per timed chunk (big populations then "
+                        "time fewer steps); default 6400 (cpu), none (gpu)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", choices=("core", "diagnostics", "io"), action="append",
+                   help="run only this section (repeatable); default all")
+    p.add_argument("--precision", choices=("highest", "tf32", "bf16"), default="highest")
+    p.add_argument("--loop-members", type=int, default=4,
+                   help="members timed one after another for the loop baseline")
+    p.add_argument("--matmul-size", type=int, default=4096)
+    p.add_argument("--diag-population", type=int, default=64)
+    p.add_argument("--diag-chunks", type=int, default=1,
+                   help="evaluation intervals (of train.eval_every = 100) per timing")
+    p.add_argument("--io-steps", type=int, default=1000,
+                   help="train.steps of the io sweep (checkpoints every 1000)")
+    p.add_argument("--io-population", type=int, default=64)
+    p.add_argument("--io-diagnostics", action="store_true",
+                   help="diagnostics on in the io sweep (adds histograms to the writing, "
+                        "and the diagnostics' own cost to the training time)")
+    args = p.parse_args(argv)
+    gpu = args.device == "gpu"
+    args.populations = ([int(s) for s in args.populations.split(",")] if args.populations
+                        else ([4 ** k for k in range(7)] if gpu else [1, 8, 64, 256]))
+    args.steps = args.steps or (1000 if gpu else 200)
+    if args.member_steps is None:
+        args.member_steps = 0 if gpu else 6400
+    args.only = args.only or ["core", "diagnostics", "io"]
+    return args
+
+
+def pick_device(kind: str):
+    """The first device of ``kind``; exits with a clear message if there is none."""
+    try:
+        return jax.devices(kind)[0]
+    except RuntimeError as e:
+        sys.exit(f"--device {kind}: JAX sees no {kind.upper()} ({e}). Install a CUDA build "
+                 "of jaxlib (pip install 'jax[cuda12]') on a machine with an NVIDIA GPU, "
+                 "or run with --device cpu.")
+
+
+def describe_machine(device) -> str:
+    import flax
+    import jaxlib
+    import optax
+    return (f"{device.device_kind} ({device.platform}), {os.cpu_count()} CPU cores, "
+            f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, flax {flax.__version__}, "
+            f"optax {optax.__version__}, load average {os.getloadavg()[0]:.1f} at start")
+
+
+def steps_for(population: int, args) -> int:
+    if args.member_steps <= 0:
+        return args.steps
+    return max(10, min(args.steps, args.member_steps // population))
+
+
+# --------------------------------------------------------------------------
+# Timing programs that donate their state
+# --------------------------------------------------------------------------
+
+def compile_timed(jitted, *example):
+    """``(compiled, seconds)``: ahead-of-time lowering and compilation."""
+    t = time.perf_counter()
+    compiled = jitted.lower(*example).compile()
+    return compiled, time.perf_counter() - t
+
+
+class Runner:
+    """Calls a compiled program that maps ``(state, *extra) -> (state, ...)``
+    and keeps its state. ``stop_after``: the program is deadjax's
+    ``train_chunk``, whose last argument is the step to train to (it trains
+    ``stop - step`` steps), so each call passes ``step + stop_after``."""
+
+    def __init__(self, compiled, state, *extra, stop_after: int = 0):
+        self.compiled, self.state, self.extra = compiled, state, extra
+        self.stop_after = stop_after
+
+    def __call__(self, calls: int = 1) -> float:
+        """Seconds of ``calls`` consecutive calls, until the result is ready."""
+        step = int(jax.device_get(self.state.step[0])) if self.stop_after else 0
+        t = time.perf_counter()
+        for i in range(1, calls + 1):
+            stop = (jnp.int32(step + i * self.stop_after),) if self.stop_after else ()
+            self.state = self.compiled(self.state, *self.extra, *stop)[0]
+        jax.block_until_ready(self.state)
+        return time.perf_counter() - t
+
+
+def interleaved(runners: dict, repeats: int, calls: int = 1) -> dict[str, list[float]]:
+    """One warm-up call each, then ``repeats`` rounds timing each runner in turn."""
+    for r in runners.values():
+        r(1)
+    times = {k: [] for k in runners}
+    for _ in range(repeats):
+        for k, r in runners.items():
+            times[k].append(r(calls))
+    return times
+
+
+# --------------------------------------------------------------------------
+# Core: deadjax vs hand-written vs a loop over members
+# --------------------------------------------------------------------------
+
+def core_row(population: int, args, peak: float) -> dict:
+    steps = steps_for(population, args)
+    cfg = bm.seed_config(eval_every=steps, steps=10 ** 6, precision=args.precision,
+                         max_population=population)
+    pop, state, data = bm.deadjax_population(cfg, population)
+    hw = bm.Handwritten(cfg, data_lib.load(cfg))
+    members = hw.from_deadjax(state)
+    loop_states = [bm.member(members, i) for i in range(min(population, args.loop_members))]
+    dj_prog, dj_compile = compile_timed(pop.train_chunk, state, data, jnp.int32(steps))
+    hw_prog, hw_compile = compile_timed(hw.population_program(steps), members)
+    loop_prog, _ = compile_timed(hw.member_program(steps), loop_states[0])
+
+    times = interleaved({"deadjax": Runner(dj_prog, state, data, stop_after=steps),
+                         "handwritten": Runner(hw_prog, members)}, args.repeats)
+    loop = [Runner(loop_prog, s) for s in loop_states]
+    for r in loop:
+        r(1)
+    loop_times = [sum(r(1) for r in loop) for _ in range(args.repeats)]
+
+    work = population * steps
+    dj = [work / t for t in times["deadjax"]]
+    hand = [work / t for t in times["handwritten"]]
+    loop_rate = bm.median([len(loop) * steps / t for t in loop_times])
+    flops = bm.flops_per_member_step(bm.SEED_FEATURES, bm.SEED_WIDTHS, bm.SEED_CLASSES,
+                                     bm.SEED_BATCH)
+    return {
+        "population": population, "steps": steps,
+        "deadjax": bm.median(dj), "handwritten": bm.median(hand),
+        "ratio": bm.median([a / b for a, b in zip(dj, hand)]),  # paired per round
+        "ratios": [a / b for a, b in zip(dj, hand)],
+        "loop": loop_rate, "speedup": bm.median(dj) / loop_rate,
+        "peak_deadjax": 100 * bm.median(dj) * flops / peak,
+        "peak_handwritten": 100 * bm.median(hand) * flops / peak,
+        "compile_deadjax": dj_compile, "compile_handwritten": hw_compile,
+    }
+
+
+def core_table(rows) -> str:
+    head = ("| population | steps/timing | deadjax member-steps/s | hand-written member-steps/s "
+            "| ratio | loop member-steps/s | speed-up over loop | % of matmul peak "
+            "(deadjax / hand-written) | compile s (deadjax / hand-written) |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {r['population']} | {r['steps']} | {r['deadjax']:,.0f} | {r['handwritten']:,.0f} "
+            f"| {r['ratio']:.2f} ({', '.join(f'{x:.2f}' for x in r['ratios'])}) "
+            f"| {r['loop']:,.0f} | {r['speedup']:.1f}x "
+            f"| {r['peak_deadjax']:.1f} / {r['peak_handwritten']:.1f} "
+            f"| {r['compile_deadjax']:.1f} / {r['compile_handwritten']:.1f} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# Diagnostics overhead
+# --------------------------------------------------------------------------
+
+def diagnostics_overhead(args) -> str:
+    population, every = args.diag_population, 100
+    runners, compiles = {}, {}
+    for name, enabled in (("off", False), ("on", True)):
+        cfg = bm.seed_config(eval_every=every, steps=10 ** 6, diagnostics=enabled,
+                             precision=args.precision, max_population=population)
+        pop, state, data = bm.deadjax_population(cfg, population)
+        prog, compiles[name] = compile_timed(pop.train_chunk, state, data, jnp.int32(every))
+        runners[name] = Runner(prog, state, data, stop_after=every)
+    times = interleaved(runners, args.repeats, calls=args.diag_chunks)
+    work = population * every * args.diag_chunks
+    rate = {k: bm.median([work / t for t in v]) for k, v in times.items()}
+    costs = [on / off - 1 for on, off in zip(times["on"], times["off"])]
+    cost = bm.median(costs)
+    return (f"population {population}, train.eval_every = {every}, "
+            f"{args.diag_chunks} interval(s) per timing, {args.repeats} repeats\n\n"
+            "| diagnostics | member-steps/s | compile s |\n|---|---:|---:|\n"
+            f"| off | {rate['off']:,.0f} | {compiles['off']:.1f} |\n"
+            f"| on (default diagnostics.*) | {rate['on']:,.0f} | {compiles['on']:.1f} |\n\n"
+            f"steady-state cost of diagnostics: {100 * cost:.1f}% of the training time "
+            f"(per repeat: {', '.join(f'{100 * c:.1f}%' for c in costs)}; "
+            f"{'within' if cost <= 0.10 else 'ABOVE'} the 10% budget)")
+
+
+# --------------------------------------------------------------------------
+# Summaries and checkpoints overhead
+# --------------------------------------------------------------------------
+
+class Clock:
+    """Accumulates seconds by name; ``wrap`` times a function in place."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, list[float]] = {}
+
+    def add(self, name, seconds):
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.calls.setdefault(name, []).append(seconds)
+
+    @contextlib.contextmanager
+    def wrap(self, owner, attr: str, name: str):
+        original = getattr(owner, attr, None)
+        if original is None:  # the runner no longer calls it: nothing to time
+            yield
+            return
+
+        @functools.wraps(original)
+        def timed(*a, **k):
+            t = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                self.add(name, time.perf_counter() - t)
+
+        setattr(owner, attr, timed)
+        try:
+            yield
+        finally:
+            setattr(owner, attr, original)
+
+
+@contextlib.contextmanager
+def patched(owner, attr: str, value):
+    original = getattr(owner, attr)
+    setattr(owner, attr, value)
+    try:
+        yield
+    finally:
+        setattr(owner, attr, original)
+
+
+def timed_train_run(clock: Clock, original):
+    """``train.run`` whose programs and on_eval are timed apart: each program
+    call is waited for, so on_eval's time is the writing alone."""
+    def run(pop, state, data, *, start, total, on_eval):
+        programs = {"evaluate": pop.evaluate, "train_chunk": pop.train_chunk}
+
+        def timed_program(name, fn):
+            def call(state, data, *stop):
+                trains = bool(stop) and int(stop[0]) > int(jax.device_get(state.step[0]))
+                t = time.perf_counter()
+                out = jax.block_until_ready(fn(state, data, *stop))
+                # An evaluation alone (step 0) is timed apart from training.
+                clock.add(name if trains else "evaluate", time.perf_counter() - t)
+                return out
+            return call
+
+        def timed_eval(*a):
+            t = time.perf_counter()
+            on_eval(*a)
+            clock.add("on_eval (all writing)", time.perf_counter() - t)
+
+        pop.evaluate = timed_program("evaluate", programs["evaluate"])
+        pop.train_chunk = timed_program("train_chunk", programs["train_chunk"])
+        try:
+            return original(pop, state, data, start=start, total=total, on_eval=timed_eval)
+        finally:
+            pop.evaluate, pop.train_chunk = programs["evaluate"], programs["train_chunk"]
+    return run
+
+
+def io_overhead(args) -> str:
+    from deadjax import checkpoints, results, runner, summaries, train
+    cfg = bm.seed_config(eval_every=100, steps=args.io_steps, diagnostics=args.io_diagnostics,
+                         precision=args.precision, max_population=args.io_population)
+    cfg.train.checkpoint_every = 1000
+    if args.io_steps % 1000 and args.io_steps > 1000:
+        cfg.train.checkpoint_every = 100 * (args.io_steps // 100)
+    sweep = [{"seed": s} for s in range(args.io_population)]
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as workdir, contextlib.ExitStack() as stack:
+        stack.enter_context(clock.wrap(results, "write_part", "results parquet"))
+        stack.enter_context(clock.wrap(results, "write_histograms", "histograms parquet"))
+        stack.enter_context(clock.wrap(checkpoints.ChunkCheckpointer, "save", "Orbax save"))
+        stack.enter_context(clock.wrap(summaries.SweepSummaries, "write_evaluation",
+                                       "TensorBoard"))
+        stack.enter_context(patched(train, "run", timed_train_run(clock, train.run)))
+        t = time.perf_counter()
+        runner.run_sweep(cfg, sweep, workdir, tensorboard=True)
+        wall = time.perf_counter() - t
+    chunks = clock.calls.get("train_chunk", [])
+    steady = bm.median(chunks[1:]) if len(chunks) > 1 else float("nan")
+    # The first training call may include compilation: count it at the
+    # steady-state time. The step-0 evaluation (compiled there) is left out.
+    train_s = steady * len(chunks)
+    writing = clock.seconds.get("on_eval (all writing)", 0.0)
+    lines = [f"{args.io_population} seeds, train.steps = {args.io_steps}, eval_every 100, "
+             f"checkpoint_every {cfg.train.checkpoint_every}, diagnostics "
+             f"{'on' if args.io_diagnostics else 'off'}, TensorBoard on; "
+             f"run_sweep wall time {wall:.1f} s (compilation included)\n",
+             "| part | seconds | calls | % of training time |", "|---|---:|---:|---:|",
+             f"| training (steady state, {len(chunks)} intervals) | {train_s:.2f} | "
+             f"{len(chunks)} | 100 |"]
+    for name in ("results parquet", "histograms parquet", "TensorBoard", "Orbax save",
+                 "on_eval (all writing)"):
+        if name in clock.seconds:
+            s = clock.seconds[name]
+            lines.append(f"| {name} | {s:.2f} | {len(clock.calls[name])} | "
+                         f"{100 * s / train_s:.1f} |")
+    share = writing / train_s
+    lines.append(f"\nwriting costs {100 * share:.1f}% of the training time "
+                 f"({'below' if share < 0.10 else 'ABOVE'} the 10% budget)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    with jax.default_device(device):
+        print(f"# deadjax benchmark\n\nmachine: {describe_machine(device)}\n"
+              f"command: python scripts/benchmark.py {' '.join(sys.argv[1:])}\n"
+              f"precision: {args.precision}; repeats: {args.repeats} (medians)\n")
+        if "core" in args.only:
+            peak = bm.matmul_flops_per_second(device, size=args.matmul_size,
+                                              repeats=max(args.repeats, 3),
+                                              precision=args.precision)
+            print(f"## Core: seed MLP, diagnostics off\n\nfloat32 matmul peak "
+                  f"({args.matmul_size}², jit, median of {max(args.repeats, 3)}): "
+                  f"{peak / 1e9:,.1f} GFLOP/s; a member-step counts "
+                  f"{bm.flops_per_member_step(bm.SEED_FEATURES, bm.SEED_WIDTHS, bm.SEED_CLASSES, bm.SEED_BATCH) / 1e6:.1f} MFLOP "
+                  f"(6 x {bm.num_params(bm.SEED_FEATURES, bm.SEED_WIDTHS, bm.SEED_CLASSES):,} "
+                  f"parameters x batch {bm.SEED_BATCH}); loop = {args.loop_members} members "
+                  "one after another\n", flush=True)
+            rows = []
+            for population in args.populations:
+                rows.append(core_row(population, args, peak))
+                print(f"<!-- population {population} done -->", flush=True)
+            print(core_table(rows) + "\n", flush=True)
+        if "diagnostics" in args.only:
+            print("## Diagnostics overhead\n\n" + diagnostics_overhead(args) + "\n",
+                  flush=True)
+        if "io" in args.only:
+            print("## Summaries and checkpoints overhead\n\n" + io_overhead(args) + "\n",
+                  flush=True)
+        print(f"load average at end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

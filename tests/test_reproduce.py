@@ -1,0 +1,93 @@
+"""Reproductions (deadjax/reproductions): each --quick run, called as a function
+into tmp_path, writes a summary.json of the DESIGN.md schema whose checks all
+pass. The quick runs take from 45 s to minutes each: marked slow (CI runs them)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deadjax import reproductions, theory
+from deadjax.reproductions import common, lu2019
+
+KEYS = {"name", "published", "source", "ours", "tolerance", "pass"}
+
+
+def _run_quick(name, tmp_path):
+    summary = reproductions.reproduce(name, quick=True, workdir=tmp_path / "runs",
+                                      figdir=tmp_path / "figures", verbose=False)
+    on_disk = json.loads((tmp_path / "figures" / "summary.json").read_text())
+    assert on_disk == summary
+    assert summary["name"] == name and summary["quick"] is True
+    assert summary["checks"], "a reproduction without checks"
+    for check in summary["checks"]:
+        assert set(check) == KEYS, check
+        assert isinstance(check["pass"], bool)
+        assert check["source"]
+    failed = [c for c in summary["checks"] if not c["pass"]]
+    assert not failed, failed
+    pngs = list((tmp_path / "figures").glob("*.png"))
+    assert pngs and all(p.stat().st_size < 150_000 for p in pngs)
+    return summary
+
+
+@pytest.mark.slow
+def test_mnist1d_quick(tmp_path):
+    _run_quick("mnist1d", tmp_path)
+
+
+@pytest.mark.slow
+def test_lu2019_quick(tmp_path):
+    _run_quick("lu2019", tmp_path)
+
+
+@pytest.mark.slow
+def test_schoenholz2017_quick(tmp_path):
+    _run_quick("schoenholz2017", tmp_path)
+
+
+def test_unknown_name_is_refused():
+    with pytest.raises(ValueError, match="unknown"):
+        reproductions.module("nope")
+
+
+def test_cli_exit_status_on_bad_name():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "scripts" / "reproduce.py"
+    spec = importlib.util.spec_from_file_location("_reproduce_cli", path)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["nope"])
+    assert e.value.code == 2
+
+
+def test_summary_schema_and_table(tmp_path):
+    checks = [common.within("a", 0.5, "src", 0.52, 0.03),
+              common.claim("b", "x", "src", "y", "rule", False)]
+    common.write_summary(tmp_path, "demo", False, checks)
+    d = json.loads((tmp_path / "summary.json").read_text())
+    assert d["name"] == "demo" and d["quick"] is False
+    assert [c["pass"] for c in d["checks"]] == [True, False]
+    assert all(set(c) == KEYS for c in d["checks"])
+    assert "FAIL" in common.table(checks)
+
+
+def test_lu2019_rates_use_some_layer_before_d():
+    """Three networks of depth 3: dead layer pattern -> event at each depth d,
+    counted by hand (a layer l < d entirely dead)."""
+    dead = np.array([[0, 1, 0],     # dies at layer 1 -> event from d = 2
+                     [0, 0, 0],     # never
+                     [1, 1, 1]])    # dies at layer 0 -> event from d = 1
+    frame = pd.DataFrame({
+        "point": ["a", "b", "c"], "step": 0, "model.kernel_init": "he_normal",
+        "model.widths": ["[2, 2, 2]"] * 3, "diagnostics.probe_size": 1,
+        "born_dead": [1.0, 0.0, 1.0],
+        **{f"dead_fraction/layer_{l}": dead[:, l].astype(float) for l in range(3)},
+    })
+    r = lu2019.rates(frame).set_index("depth")
+    assert list(r["k"]) == [1, 2, 2]
+    assert r.loc[3, "theory"] == pytest.approx(theory.born_dead_probability(2, 3))
+    assert r.loc[3, "born_dead_flag"] == pytest.approx(2 / 3)
