@@ -98,7 +98,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.diagnostics.dormant_taus = (0.0, 0.025, 0.1)
     c.diagnostics.dead_threshold = 0.0
     c.diagnostics.saturation_threshold = 0.01
-    c.diagnostics.jacobian_probe_size = 16
+    c.diagnostics.jacobian_probe_size = 8
     c.diagnostics.families = ("dead", "dormant", "saturation", "gradients",
                               "signal", "jacobian", "rank", "output")
     c.diagnostics.histogram_bins = 41

@@ -63,6 +63,18 @@ def _after(x, token):
     return x + 0.0 * token
 
 
+def _mean_singular_value(j):
+    """Mean of the min(m, n) singular values of ``j``, from the eigenvalues of
+    its smaller Gram matrix. Small singular values carry an absolute error of
+    about sqrt(eps) * sigma_max (the Gram matrix squares the condition
+    number), which moves a mean over dozens of values by ~1e-4 relative;
+    the exact QR route of ``metrics.singular_values`` costs ~8x more per
+    Jacobian, and there are ``jacobian_probe_size`` of them per layer and
+    member."""
+    gram = j @ j.T if j.shape[0] <= j.shape[1] else j.T @ j
+    return jnp.sqrt(jnp.clip(jnp.linalg.eigvalsh(gram), 0.0, None)).mean()
+
+
 def diagnose(pop, state, probe_x, probe_y):
     """(scalars, histograms, dead masks) of one member; see module docstring."""
     cfg = pop.config.diagnostics
@@ -118,7 +130,7 @@ def diagnose(pop, state, probe_x, probe_y):
             n = min(cfg.jacobian_probe_size, probe_x.shape[0])
             jac = _after(_layer_jacobians(pop, state.params, state.batch_stats, cap, l, n),
                          token)
-            sv = jax.vmap(lambda j: metrics.singular_values(j).mean())(jac)
+            sv = jax.vmap(_mean_singular_value)(jac)
             out[f"jacobian_sv/{where}"] = token = sv.mean()
         if "rank" in families:
             out[f"effective_rank/{where}"] = token = metrics.effective_rank(_after(h, token))

@@ -20,6 +20,7 @@ train on. Parameters are checked again at each evaluation.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any
 
 import flax
@@ -82,8 +83,13 @@ def _dense_names(num_hidden: int) -> list[str]:
 class Population:
     """The static structure of a group and its compiled programs."""
 
-    def __init__(self, config, dataset: data_lib.Dataset):
+    def __init__(self, config, dataset: data_lib.Dataset, *, uses_dropout: bool = True,
+                 uses_l2: bool = True):
         self.config = config
+        # Whether any member of the group has a dropout rate / an L2 weight
+        # decay above 0 (runner.population_for); off, the program omits them.
+        self.uses_dropout = uses_dropout
+        self.uses_l2 = uses_l2 and config.optim.name != "adamw"
         self.num_classes = dataset.num_classes
         self.num_features = dataset.x_train.shape[1]
         self.num_train = dataset.x_train.shape[0]
@@ -127,43 +133,70 @@ class Population:
             v["batch_stats"] = state.batch_stats
         return v
 
-    def _train_step(self, state: MemberState, data: dict, stop) -> MemberState:
+    def _train_step(self, state: MemberState, data: dict, *, with_ratio: bool):
+        """One member's step: (the trained state, whether it is finite).
+
+        The caller keeps the old state where the step is not finite. Work no
+        member of the group needs is left out of the program: dropout masks
+        when every rate is 0 and the L2 term when every weight decay is 0
+        (both are exact identities then), and the update-to-weight norms
+        except on a chunk's last step (``with_ratio``).
+        """
         cfg = self.config
         idx = data_lib.batch_indices(
             state.step, num_train=self.num_train, batch_size=cfg.data.batch_size,
             order=cfg.data.order, member_key=state.data_key, shared_key=self.shared_key)
         x, y = data["x_train"][idx], data["y_train"][idx]
-        dropout_key = jax.random.fold_in(state.key, state.step)
+        dropout_key = jax.random.fold_in(state.key, state.step) if self.uses_dropout else None
 
         def loss_fn(params):
             logits, mutated = self.model.apply(
                 self._variables(state, params), x, state.hparams, train=True,
                 dropout_key=dropout_key, mutable=["batch_stats"])
-            data_loss = metrics.cross_entropy(logits, y)
-            penalty = optim.l2_penalty(params, state.hparams["weight_decay"], cfg.optim.name)
+            loss = metrics.cross_entropy(logits, y)
+            if self.uses_l2:
+                loss = loss + optim.l2_penalty(params, state.hparams["weight_decay"],
+                                               cfg.optim.name)
             # Flax keeps running statistics in float32 whatever the compute dtype.
             stats = jax.tree.map(lambda new, old: new.astype(old.dtype),
                                  mutated.get("batch_stats", {}), state.batch_stats)
-            return data_loss + penalty, stats
+            return loss, stats
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ratio = jnp.stack([
-            jnp.linalg.norm(updates[n]["kernel"]) / jnp.linalg.norm(state.params[n]["kernel"])
-            for n in _dense_names(len(self.widths))])
-
-        running = state.step < stop
+        ratio = state.update_ratio
+        if with_ratio:
+            ratio = jnp.stack([
+                jnp.linalg.norm(updates[n]["kernel"]) / jnp.linalg.norm(state.params[n]["kernel"])
+                for n in _dense_names(len(self.widths))])
         # A step that makes the loss or the parameters non-finite is not taken.
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
             [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
-        update = running & finite & ~state.diverged
-        newly_diverged = running & ~finite & ~state.diverged
         trained = state.replace(params=params, batch_stats=batch_stats,
                                 opt_state=opt_state, update_ratio=ratio)
-        state = jax.tree.map(lambda new, old: jnp.where(update, new, old), trained, state)
+        return trained, finite
+
+    def _population_step(self, state: MemberState, data: dict, with_ratio: bool):
+        """Every member's step. Members already diverged, or whose step is not
+        finite, keep their state; the select runs only when some member needs
+        it (a population-level branch, not a per-member one)."""
+        with jax.default_matmul_precision(self.precision):
+            trained, finite = jax.vmap(partial(self._train_step, with_ratio=with_ratio),
+                                       in_axes=(0, None))(state, data)
+        update = finite & ~state.diverged
+        newly_diverged = ~finite & ~state.diverged
+
+        def keep_old_where_not_updated(trained, state):
+            def pick(new, old):
+                mask = update.reshape(update.shape + (1,) * (new.ndim - 1))
+                return jnp.where(mask, new, old)
+            return jax.tree.map(pick, trained, state)
+
+        state = jax.lax.cond(jnp.all(update), lambda t, s: t, keep_old_where_not_updated,
+                             trained, state)
         return state.replace(
-            step=state.step + running.astype(jnp.int32),
+            step=state.step + 1,
             diverged=state.diverged | newly_diverged,
             diverged_step=jnp.where(newly_diverged, state.step, state.diverged_step))
 
@@ -213,12 +246,16 @@ class Population:
             return jax.vmap(self._evaluate_member, in_axes=(0, None))(state, data)
 
     def _train_chunk(self, state, data, stop):
-        def body(_, s):
-            with jax.default_matmul_precision(self.precision):
-                return jax.vmap(self._train_step, in_axes=(0, None, None))(s, data, stop)
         # The trip count is traced, so one program serves every chunk length,
         # including 0: the evaluation at step 0 (all members share a step).
-        state = jax.lax.fori_loop(0, stop - state.step[0], body, state)
+        n = stop - state.step[0]
+
+        def body(i, s):
+            return jax.lax.cond(i == n - 1,
+                                lambda s: self._population_step(s, data, with_ratio=True),
+                                lambda s: self._population_step(s, data, with_ratio=False), s)
+
+        state = jax.lax.fori_loop(0, n, body, state)
         return self._evaluate_population(state, data)
 
     def evaluate(self, state, data):

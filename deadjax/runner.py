@@ -237,10 +237,15 @@ _POPULATIONS: dict = {}
 
 def population_for(group, dataset) -> pop_lib.Population:
     """The group's Population, built once per process: its compiled programs
-    are reused by every chunk and by a rerun in the same process."""
-    if group.id not in _POPULATIONS:
-        _POPULATIONS[group.id] = pop_lib.Population(group.config, dataset)
-    return _POPULATIONS[group.id]
+    are reused by every chunk and by a rerun in the same process. Dropout
+    masks and the L2 term are compiled in only if some member needs them."""
+    uses_dropout = any(p.config.model.dropout > 0 for p in group.points)
+    uses_l2 = any(p.config.optim.weight_decay > 0 for p in group.points)
+    key = (group.id, uses_dropout, uses_l2)
+    if key not in _POPULATIONS:
+        _POPULATIONS[key] = pop_lib.Population(group.config, dataset,
+                                               uses_dropout=uses_dropout, uses_l2=uses_l2)
+    return _POPULATIONS[key]
 
 
 def task_share(groups, num_tasks: int, task_index: int) -> list[tuple]:

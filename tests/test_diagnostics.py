@@ -63,7 +63,7 @@ def test_gradient_flow_and_signal_metrics_match_numpy():
             svs = [np.linalg.svd((z[i] > 0)[:, None] * W.T, compute_uv=False).mean()
                    for i in range(J)]
             np.testing.assert_allclose(scalars[f"jacobian_sv/{where}"][m], np.mean(svs),
-                                       rtol=1e-4, atol=1e-6)
+                                       rtol=1e-3, atol=1e-5)
             s = np.linalg.svd(h, compute_uv=False)
             p = s / s.sum(); p = p[p > 0]
             np.testing.assert_allclose(scalars[f"effective_rank/{where}"][m],
@@ -136,7 +136,7 @@ def test_jacobian_with_normalisation_matches_autodiff(norm):
         svs = [np.linalg.svd(np.asarray(layer_out(h_prev[i], l, i)), compute_uv=False).mean()
                for i in range(x.shape[0])]
         np.testing.assert_allclose(scalars[f"jacobian_sv/layer_{l}"][0], np.mean(svs),
-                                   rtol=1e-4)
+                                   rtol=1e-3)
 
 
 def test_diagnostics_are_invariant_to_probe_order():
