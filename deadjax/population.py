@@ -20,7 +20,6 @@ train on. Parameters are checked again at each evaluation.
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 from typing import Any
 
 import flax
@@ -83,13 +82,15 @@ def _dense_names(num_hidden: int) -> list[str]:
 class Population:
     """The static structure of a group and its compiled programs."""
 
-    def __init__(self, config, dataset: data_lib.Dataset, *, uses_dropout: bool = True,
-                 uses_l2: bool = True):
+    def __init__(self, config, dataset: data_lib.Dataset, *, uses_dropout: bool | None = None,
+                 uses_l2: bool | None = None):
         self.config = config
-        # Whether any member of the group has a dropout rate / an L2 weight
-        # decay above 0 (runner.population_for); off, the program omits them.
-        self.uses_dropout = uses_dropout
-        self.uses_l2 = uses_l2 and config.optim.name != "adamw"
+        # Whether any member has a dropout rate / an L2 weight decay above 0
+        # (runner.population_for asks the whole group; by default the config
+        # says); when not, the program omits them, which changes no number.
+        self.uses_dropout = (config.model.dropout > 0) if uses_dropout is None else uses_dropout
+        self.uses_l2 = ((config.optim.weight_decay > 0) if uses_l2 is None else uses_l2) \
+            and config.optim.name != "adamw"
         self.num_classes = dataset.num_classes
         self.num_features = dataset.x_train.shape[1]
         self.num_train = dataset.x_train.shape[0]
@@ -133,14 +134,13 @@ class Population:
             v["batch_stats"] = state.batch_stats
         return v
 
-    def _train_step(self, state: MemberState, data: dict, *, with_ratio: bool):
+    def _train_step(self, state: MemberState, data: dict):
         """One member's step: (the trained state, whether it is finite).
 
         The caller keeps the old state where the step is not finite. Work no
         member of the group needs is left out of the program: dropout masks
         when every rate is 0 and the L2 term when every weight decay is 0
-        (both are exact identities then), and the update-to-weight norms
-        except on a chunk's last step (``with_ratio``).
+        (both are exact identities then).
         """
         cfg = self.config
         idx = data_lib.batch_indices(
@@ -165,11 +165,9 @@ class Population:
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ratio = state.update_ratio
-        if with_ratio:
-            ratio = jnp.stack([
-                jnp.linalg.norm(updates[n]["kernel"]) / jnp.linalg.norm(state.params[n]["kernel"])
-                for n in _dense_names(len(self.widths))])
+        ratio = jnp.stack([
+            jnp.linalg.norm(updates[n]["kernel"]) / jnp.linalg.norm(state.params[n]["kernel"])
+            for n in _dense_names(len(self.widths))])
         # A step that makes the loss or the parameters non-finite is not taken.
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
             [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
@@ -177,13 +175,12 @@ class Population:
                                 opt_state=opt_state, update_ratio=ratio)
         return trained, finite
 
-    def _population_step(self, state: MemberState, data: dict, with_ratio: bool):
+    def _population_step(self, state: MemberState, data: dict):
         """Every member's step. Members already diverged, or whose step is not
-        finite, keep their state; the select runs only when some member needs
-        it (a population-level branch, not a per-member one)."""
+        finite, keep their state (measured: skipping this select when no member
+        needs it, with a population-level ``lax.cond``, gained nothing on CPU)."""
         with jax.default_matmul_precision(self.precision):
-            trained, finite = jax.vmap(partial(self._train_step, with_ratio=with_ratio),
-                                       in_axes=(0, None))(state, data)
+            trained, finite = jax.vmap(self._train_step, in_axes=(0, None))(state, data)
         update = finite & ~state.diverged
         newly_diverged = ~finite & ~state.diverged
 
@@ -193,8 +190,7 @@ class Population:
                 return jnp.where(mask, new, old)
             return jax.tree.map(pick, trained, state)
 
-        state = jax.lax.cond(jnp.all(update), lambda t, s: t, keep_old_where_not_updated,
-                             trained, state)
+        state = keep_old_where_not_updated(trained, state)
         return state.replace(
             step=state.step + 1,
             diverged=state.diverged | newly_diverged,
@@ -250,10 +246,8 @@ class Population:
         # including 0: the evaluation at step 0 (all members share a step).
         n = stop - state.step[0]
 
-        def body(i, s):
-            return jax.lax.cond(i == n - 1,
-                                lambda s: self._population_step(s, data, with_ratio=True),
-                                lambda s: self._population_step(s, data, with_ratio=False), s)
+        def body(_, s):
+            return self._population_step(s, data)
 
         state = jax.lax.fori_loop(0, n, body, state)
         return self._evaluate_population(state, data)
