@@ -12,8 +12,12 @@ so it shares a group).
 
 Random labels cannot be predicted: test accuracy stays near 0.1 whatever the
 remedy; what differs is how fast each network memorises the training set and
-how many units die on the way (``dead_fraction/layer_L``). Time: see
-docs/benchmarks.md (a few minutes on 2 CPU cores).
+how many units die on the way (``dead_fraction/layer_L``). Time: not yet
+measured end to end; the first group (16 members, 100 full-batch steps,
+diagnostics every 10 steps) took about 5 minutes on a loaded 2-core machine
+before the diagnostics were made cheaper, so expect tens of minutes on 2 CPU
+cores for all 20 groups (``--config.train.eval_every=50`` cuts the
+diagnostics' share).
 """
 
 from deadjax.config import default_config
