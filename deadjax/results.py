@@ -10,6 +10,7 @@ the same name and replaces the old one, so no row is ever duplicated.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -66,13 +67,15 @@ def _cell(value):
     return value
 
 
-def write_part(workdir, group: str, chunk: int, step: int, frame: pd.DataFrame) -> Path:
-    path = part_path(workdir, group, chunk, step)
-    import io
+def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> Path:
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def write_part(workdir, group: str, chunk: int, step: int, frame: pd.DataFrame) -> Path:
+    return atomic_write_parquet(part_path(workdir, group, chunk, step), frame)
 
 
 HISTOGRAMS = "histograms.parquet"
@@ -95,11 +98,7 @@ def write_histograms(workdir, group: str, chunk: int, step: int, points: Sequenc
             rows["hi"].append(float(hi[i]))
             rows["counts"].append(counts[i].astype(np.int64))
     path = Path(workdir) / HISTOGRAMS / group / f"chunk_{chunk:04d}" / f"step_{step:09d}.parquet"
-    import io
-    buf = io.BytesIO()
-    pd.DataFrame(rows).to_parquet(buf, index=False)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return atomic_write_parquet(path, pd.DataFrame(rows))
 
 
 def load_histograms(workdir) -> pd.DataFrame:
