@@ -134,13 +134,14 @@ class Population:
             v["batch_stats"] = state.batch_stats
         return v
 
-    def _train_step(self, state: MemberState, data: dict):
+    def _train_step(self, state: MemberState, data: dict, with_ratio: bool = True):
         """One member's step: (the trained state, whether it is finite).
 
-        The caller keeps the old state where the step is not finite. Work no
-        member of the group needs is left out of the program: dropout masks
+        The caller keeps the old parameters where the step is not finite. Work
+        no member of the group needs is left out of the program: dropout masks
         when every rate is 0 and the L2 term when every weight decay is 0
-        (both are exact identities then).
+        (both are exact identities then), and the update-to-weight norms on
+        all but a chunk's last step (``with_ratio``).
         """
         cfg = self.config
         idx = data_lib.batch_indices(
@@ -165,9 +166,11 @@ class Population:
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ratio = jnp.stack([
-            jnp.linalg.norm(updates[n]["kernel"]) / jnp.linalg.norm(state.params[n]["kernel"])
-            for n in _dense_names(len(self.widths))])
+        ratio = state.update_ratio
+        if with_ratio:
+            ratio = jnp.stack([
+                jnp.linalg.norm(updates[n]["kernel"]) / jnp.linalg.norm(state.params[n]["kernel"])
+                for n in _dense_names(len(self.widths))])
         # A step that makes the loss or the parameters non-finite is not taken.
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
             [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
@@ -175,22 +178,26 @@ class Population:
                                 opt_state=opt_state, update_ratio=ratio)
         return trained, finite
 
-    def _population_step(self, state: MemberState, data: dict):
+    def _population_step(self, state: MemberState, data: dict, with_ratio: bool = True):
         """Every member's step. Members already diverged, or whose step is not
-        finite, keep their state (measured: skipping this select when no member
-        needs it, with a population-level ``lax.cond``, gained nothing on CPU)."""
+        finite, keep their parameters and statistics."""
         with jax.default_matmul_precision(self.precision):
-            trained, finite = jax.vmap(self._train_step, in_axes=(0, None))(state, data)
+            trained, finite = jax.vmap(lambda s: self._train_step(s, data, with_ratio))(state)
         update = finite & ~state.diverged
         newly_diverged = ~finite & ~state.diverged
 
-        def keep_old_where_not_updated(trained, state):
-            def pick(new, old):
-                mask = update.reshape(update.shape + (1,) * (new.ndim - 1))
-                return jnp.where(mask, new, old)
-            return jax.tree.map(pick, trained, state)
+        def pick(new, old):
+            mask = update.reshape(update.shape + (1,) * (new.ndim - 1))
+            return jnp.where(mask, new, old)
 
-        state = keep_old_where_not_updated(trained, state)
+        # Parameters and statistics keep their last finite values; the optimiser
+        # state of a diverged member is left as its failed step made it (it is
+        # never used again), which saves a pass over twice the parameters.
+        state = state.replace(params=jax.tree.map(pick, trained.params, state.params),
+                              batch_stats=jax.tree.map(pick, trained.batch_stats,
+                                                       state.batch_stats),
+                              opt_state=trained.opt_state,
+                              update_ratio=pick(trained.update_ratio, state.update_ratio))
         return state.replace(
             step=state.step + 1,
             diverged=state.diverged | newly_diverged,
@@ -247,9 +254,13 @@ class Population:
         n = stop - state.step[0]
 
         def body(_, s):
-            return self._population_step(s, data)
+            return self._population_step(s, data, with_ratio=False)
 
-        state = jax.lax.fori_loop(0, n, body, state)
+        # All steps but the last skip the update norms; the last one (if any)
+        # records them for update_ratio/layer_L.
+        state = jax.lax.fori_loop(0, jnp.maximum(n - 1, 0), body, state)
+        state = jax.lax.cond(n > 0, lambda s: self._population_step(s, data, with_ratio=True),
+                             lambda s: s, state)
         return self._evaluate_population(state, data)
 
     def evaluate(self, state, data):
