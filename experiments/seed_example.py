@@ -11,13 +11,12 @@ tanh) x initialiser (glorot, he) x normalisation (none, batch) x dropout
 so it shares a group).
 
 Random labels cannot be predicted: test accuracy stays near 0.1 whatever the
-remedy; what differs is how fast each network memorises the training set and
-how many units die on the way (``dead_fraction/layer_L``). Time: not yet
-measured end to end; the first group (16 members, 100 full-batch steps,
-diagnostics every 10 steps) took about 5 minutes on a loaded 2-core machine
-before the diagnostics were made cheaper, so expect tens of minutes on 2 CPU
-cores for all 20 groups (``--config.train.eval_every=50`` cuts the
-diagnostics' share).
+remedy. Measured here (all 320 members): every configuration memorises the
+training set (train accuracy 0.998-1.000 at step 100) and no unit dies in
+either layer (``dead_fraction/layer_0`` and ``layer_1`` are 0 at every
+evaluation, for ReLU too): the write-up's dying neurons do not appear in its
+own experiment once the loss gets logits. Time: 680 s on 2 CPU cores
+(20 groups of 16 members, diagnostics every 10 steps).
 """
 
 from deadjax.config import default_config
