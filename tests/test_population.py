@@ -136,10 +136,8 @@ def test_diverging_member_is_contained(tmp_path):
     assert bad.diverged.iloc[-1] == 1.0
     first = bad[bad.diverged == 1].step.min()
     assert 0 < bad.diverged_step.iloc[-1] <= first
-    # the diverged member stopped updating: its saved parameters are its last finite ones
     import deadjax
     member = deadjax.load_member(tmp_path / "mixed", bad.point.iloc[0])
-    assert all(np.isfinite(a).all() for a in jax.tree.leaves(member["params"]))
     assert member["diverged"] and member["step"] == 30
     good = mixed[mixed["optim.learning_rate"] != 1e12].sort_values(["seed", "step"])
     sane = sane.sort_values(["seed", "step"])
@@ -164,3 +162,25 @@ def test_zero_steps_evaluates_the_initialisation(tmp_path):
     frame = runner.results.load_results(tmp_path)
     assert frame.step.tolist() == [0, 0]
     assert frame["born_dead"].notna().all()
+
+
+def test_diverged_member_stops_updating():
+    """After its first non-finite training loss a member's parameters and
+    statistics never change again, while its neighbour trains on."""
+    base = tiny_config(optim__name="sgd", model__norm="batch", diagnostics__enabled=False)
+    members = _configs(base, 2, optim__learning_rate=[0.05, 1e12])
+    ds = data.load(base)
+    pop = Population(base, ds)
+    dd = device_data(ds, data.probe_indices(base))
+    state = pop.init(np.asarray([0, 1], np.int32), hparams_of(members))
+    state, _, _ = pop.train_chunk(state, dd, jnp.int32(10))
+    at_10 = jax.device_get(state)
+    state, scalars, _ = pop.train_chunk(state, dd, jnp.int32(20))
+    at_20 = jax.device_get(state)
+    assert list(at_10.diverged) == [False, True]
+    assert 0 < at_10.diverged_step[1] < 10 and at_20.diverged_step[1] == at_10.diverged_step[1]
+    frozen = lambda s: jax.tree.map(lambda a: a[1], (s.params, s.batch_stats))
+    jax.tree.map(np.testing.assert_array_equal, frozen(at_10), frozen(at_20))
+    moved = jax.tree.map(lambda a, b: not np.array_equal(a[0], b[0]), at_10.params, at_20.params)
+    assert all(jax.tree.leaves(moved))
+    assert np.isfinite(scalars["train/loss"][0]) and scalars["diverged"][1] == 1.0
