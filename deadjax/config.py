@@ -102,6 +102,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.diagnostics.families = ("dead", "dormant", "saturation", "gradients",
                               "signal", "jacobian", "rank", "output")
     c.diagnostics.histogram_bins = 41
+    c.diagnostics.full_every = 20
     return c
 
 
@@ -267,6 +268,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _number("diagnostics.saturation_threshold", g.saturation_threshold, low=0.0,
             high=1.0, low_open=True, high_open=True)
     _number("diagnostics.histogram_bins", g.histogram_bins, low=2, integer=True)
+    _number("diagnostics.full_every", g.full_every, low=1, integer=True)
     if not isinstance(g.dormant_taus, (tuple, list)) or not g.dormant_taus:
         raise ConfigError(f"diagnostics.dormant_taus = {g.dormant_taus!r} is not allowed; "
                           "it must be a non-empty tuple of numbers >= 0.")

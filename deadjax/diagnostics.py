@@ -1,10 +1,12 @@
 """Every diagnostic of one member, on the probe batch, in eval mode.
 
-This module runs the model once on the probe batch (capturing each hidden
-layer's pre-activations ``z_l``, unit activations ``phi(z_l)``, derivatives
-``phi'(z_l)`` and outputs ``h_l``), differentiates the mean probe loss with
-respect to the parameters and to each ``z_l`` (``delta_l = dL/dz_l``), and
-hands the arrays to the pure functions of :mod:`deadjax.metrics`. Definitions
+:func:`probe_pass` runs the model once on the probe batch (capturing each
+hidden layer's pre-activations ``z_l``, unit activations ``phi(z_l)``,
+derivatives ``phi'(z_l)`` and outputs ``h_l``) and differentiates the mean
+probe loss with respect to the parameters and to each ``z_l`` (``delta_l =
+dL/dz_l``); :func:`diagnose` (every evaluation) and :func:`diagnose_full`
+(the costly statistics, every ``diagnostics.full_every``-th evaluation) hand
+the arrays to the pure functions of :mod:`deadjax.metrics`. Definitions
 live there and in ``docs/metrics.md``; this module only assembles them under
 the metric names of DESIGN.md. It is called inside the compiled program of a
 population (``Population.evaluate`` and ``train_chunk``), vmapped over members.
@@ -75,15 +77,14 @@ def _mean_singular_value(j):
     return jnp.sqrt(jnp.clip(jnp.linalg.eigvalsh(gram), 0.0, None)).mean()
 
 
-def diagnose(pop, state, probe_x, probe_y):
-    """(scalars, histograms, dead masks) of one member; see module docstring."""
-    cfg = pop.config.diagnostics
-    families = set(cfg.families)
-    act = pop.activation
-    widths = pop.widths
+def probe_pass(pop, state, probe_x, probe_y) -> dict:
+    """One member's forward and backward pass on the probe batch, eval mode:
+    ``logits``, the captures ``cap`` (``pre``, ``post``, ``dphi``, ``out``,
+    ``affine`` per hidden layer), the parameter gradients ``gparams`` and
+    ``deltas`` (dL/dz_l per hidden layer) of the mean probe loss."""
     variables = pop._variables(state)
     logits_dtype = jax.tree.leaves(state.params)[0].dtype
-    zeros = [jnp.zeros((probe_x.shape[0], w), logits_dtype) for w in widths]
+    zeros = [jnp.zeros((probe_x.shape[0], w), logits_dtype) for w in pop.widths]
 
     def probe_loss(params, perturb):
         v = dict(variables, params=params)
@@ -92,15 +93,22 @@ def diagnose(pop, state, probe_x, probe_y):
 
     (_, (logits, cap)), (gparams, deltas) = jax.value_and_grad(
         probe_loss, argnums=(0, 1), has_aux=True)(state.params, zeros)
+    return {"logits": logits, "cap": cap, "gparams": gparams, "deltas": deltas}
 
+
+def diagnose(pop, state, probe: dict):
+    """The diagnostics of every evaluation, for one member: ``(scalars, dead
+    masks)``. ``probe`` is :func:`probe_pass`'s output."""
+    cfg = pop.config.diagnostics
+    families = set(cfg.families)
+    act = pop.activation
+    widths = pop.widths
+    cap, deltas, gparams = probe["cap"], probe["deltas"], probe["gparams"]
     out: dict = {}
-    hists: dict = {}
     dead_masks = []
-    total_units = sum(widths)
     total_dead = jnp.zeros((), jnp.float32)
-    token = jnp.zeros((), jnp.float32)  # orders the linear-algebra calls (see _after)
-    for l, width in enumerate(widths):
-        z, a, dphi, h = cap["pre"][l], cap["post"][l], cap["dphi"][l], cap["out"][l]
+    for l in range(len(widths)):
+        z, a, dphi = cap["pre"][l], cap["post"][l], cap["dphi"][l]
         where = f"layer_{l}"
         dead = metrics.dead_units(dphi, act.max_derivative, cfg.dead_threshold)
         dead_masks.append(dead)
@@ -120,26 +128,15 @@ def diagnose(pop, state, probe_x, probe_y):
             if act.bounded:
                 out[f"saturation/{where}"] = metrics.saturation_fraction(
                     dphi, act.max_derivative, cfg.saturation_threshold)
-            stats = metrics.preact_stats(z)
-            for name, value in stats.items():
+            for name, value in metrics.preact_moments(z).items():
                 out[f"preact_{name}/{where}"] = value
         if "signal" in families:
             out[f"q/{where}"] = metrics.q_value(z)
             out[f"c/{where}"] = metrics.c_value(z)
-        if "jacobian" in families:
-            n = min(cfg.jacobian_probe_size, probe_x.shape[0])
-            jac = _after(_layer_jacobians(pop, state.params, state.batch_stats, cap, l, n),
-                         token)
-            sv = jax.vmap(_mean_singular_value)(jac)
-            out[f"jacobian_sv/{where}"] = token = sv.mean()
-        if "rank" in families:
-            out[f"effective_rank/{where}"] = token = metrics.effective_rank(_after(h, token))
         if "gradients" in families:
             out[f"delta_norm/{where}"] = jnp.linalg.norm(deltas[l])
-        for kind, values in (("preact", z), ("activation", a), ("delta", deltas[l])):
-            hists[f"{kind}/{where}"] = metrics.histogram(values, cfg.histogram_bins)
     if "dead" in families and widths:
-        out["dead_fraction/all"] = total_dead / total_units
+        out["dead_fraction/all"] = total_dead / sum(widths)
     if "gradients" in families:
         names = [f"layer_{l}" for l in range(len(widths))] + ["out"]
         for i, where in enumerate(names):
@@ -152,5 +149,36 @@ def diagnose(pop, state, probe_x, probe_y):
         if widths:
             out["grad_norm_ratio"] = (out["grad_norm/layer_0"]
                                       / out[f"grad_norm/layer_{len(widths) - 1}"])
-    out["output_constant"] = metrics.output_constant(logits).astype(jnp.float32)
-    return out, hists, tuple(dead_masks)
+    out["output_constant"] = metrics.output_constant(probe["logits"]).astype(jnp.float32)
+    return out, tuple(dead_masks)
+
+
+def diagnose_full(pop, state, probe: dict):
+    """The costly diagnostics of a full evaluation, for one member:
+    ``(scalars, histograms)``: pre-activation percentiles (a sort), Jacobian
+    singular values and effective ranks (eigensolvers), and the histograms.
+    Population.evaluate runs them every ``diagnostics.full_every``-th
+    evaluation (and at the first and last)."""
+    cfg = pop.config.diagnostics
+    families = set(cfg.families)
+    cap, deltas = probe["cap"], probe["deltas"]
+    out: dict = {}
+    hists: dict = {}
+    token = jnp.zeros((), jnp.float32)  # orders the linear-algebra calls (see _after)
+    for l in range(len(pop.widths)):
+        z, a, h = cap["pre"][l], cap["post"][l], cap["out"][l]
+        where = f"layer_{l}"
+        if "saturation" in families:
+            for name, value in metrics.preact_percentiles(z).items():
+                out[f"preact_{name}/{where}"] = value
+        if "jacobian" in families:
+            n = min(cfg.jacobian_probe_size, z.shape[0])
+            jac = _after(_layer_jacobians(pop, state.params, state.batch_stats, cap, l, n),
+                         token)
+            sv = jax.vmap(_mean_singular_value)(jac)
+            out[f"jacobian_sv/{where}"] = token = sv.mean()
+        if "rank" in families:
+            out[f"effective_rank/{where}"] = token = metrics.effective_rank(_after(h, token))
+        for kind, values in (("preact", z), ("activation", a), ("delta", deltas[l])):
+            hists[f"{kind}/{where}"] = metrics.histogram(values, cfg.histogram_bins)
+    return out, hists

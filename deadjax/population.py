@@ -6,9 +6,10 @@ axis. :class:`Population` holds a group's static structure (model, optimiser,
 dataset shapes) and its two compiled programs:
 
 - ``init(seeds, hparams)``: every member's initial state;
-- ``train_chunk(state, data, stop)``: a loop of the vmapped training step up
-  to step ``stop``, then every member's evaluation and diagnostics, in one
-  program. The trip count is traced, so chunks of any length reuse it;
+- ``train_chunk(state, data, stop, full)``: a loop of the vmapped training
+  step up to step ``stop``, then every member's evaluation and diagnostics
+  (the costly ones only where ``full``), in one program. The trip count and
+  ``full`` are traced, so chunks of any length reuse it;
 - ``evaluate(state, data)``: ``train_chunk`` with no steps to take (the
   evaluation at step 0), the same compiled program.
 
@@ -107,8 +108,8 @@ class Population:
         # to call (init's output, or a chunk's, feeds the next chunk).
         members = sharding.members()
         self.init = jax.jit(jax.vmap(self._init_member), out_shardings=members)
-        self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0,
-                                   out_shardings=(members, members, members))
+        self.chunk_program = jax.jit(self._train_chunk, donate_argnums=0,
+                                     out_shardings=(members, members, members))
 
     # ------------------------------------------------------------------ init
     def _init_member(self, seed, hparams) -> MemberState:
@@ -235,9 +236,10 @@ class Population:
         newly = ~finite_params & ~state.diverged
         state = state.replace(diverged=state.diverged | newly,
                               diverged_step=jnp.where(newly, state.step, state.diverged_step))
-        hists = {}
+        probe = {}
         if self.config.diagnostics.enabled:
-            diag, hists, dead = diagnostics.diagnose(self, state, data["probe_x"], data["probe_y"])
+            probe = diagnostics.probe_pass(self, state, data["probe_x"], data["probe_y"])
+            diag, dead = diagnostics.diagnose(self, state, probe)
             born_dead = jnp.where(state.has_prev, state.born_dead, diag["output_constant"] > 0)
             state = state.replace(prev_dead=dead, born_dead=born_dead)
             diag["born_dead"] = born_dead.astype(jnp.float32)
@@ -245,13 +247,32 @@ class Population:
         state = state.replace(has_prev=jnp.ones((), bool))
         scalars["diverged"] = state.diverged.astype(jnp.float32)
         scalars["diverged_step"] = state.diverged_step
-        return state, scalars, hists
+        return state, scalars, probe
 
-    def _evaluate_population(self, state, data):
+    def _full_diagnostics(self, state, probe):
+        """Every member's costly diagnostics (:func:`diagnostics.diagnose_full`)."""
+        return jax.vmap(lambda s, p: diagnostics.diagnose_full(self, s, p))(state, probe)
+
+    def _evaluate_population(self, state, data, full):
+        """Every member's evaluation; the costly diagnostics only where
+        ``full`` (a population-level ``lax.cond``, so they are skipped, not
+        masked), NaN and empty histograms otherwise."""
         with jax.default_matmul_precision("float32"):
-            return jax.vmap(self._evaluate_member, in_axes=(0, None))(state, data)
+            state, scalars, probe = jax.vmap(self._evaluate_member, in_axes=(0, None))(
+                state, data)
+            if not self.config.diagnostics.enabled:
+                return state, scalars, {}
+            shapes = jax.eval_shape(self._full_diagnostics, state, probe)
 
-    def _train_chunk(self, state, data, stop):
+            def skipped(*_):
+                return jax.tree.map(
+                    lambda x: jnp.full(x.shape, jnp.nan if jnp.issubdtype(x.dtype, jnp.floating)
+                                       else 0, x.dtype), shapes)
+
+            costly, hists = jax.lax.cond(full, self._full_diagnostics, skipped, state, probe)
+        return state, {**scalars, **costly}, hists
+
+    def _train_chunk(self, state, data, stop, full):
         # The trip count is traced, so one program serves every chunk length,
         # including 0: the evaluation at step 0 (all members share a step).
         n = stop - state.step[0]
@@ -264,13 +285,22 @@ class Population:
         state = jax.lax.fori_loop(0, jnp.maximum(n - 1, 0), body, state)
         state = jax.lax.cond(n > 0, lambda s: self._population_step(s, data, with_ratio=True),
                              lambda s: s, state)
-        return self._evaluate_population(state, data)
+        return self._evaluate_population(state, data, full)
 
-    def evaluate(self, state, data):
+    def train_chunk(self, state, data, stop, full=True):
+        """Trains every member to step ``stop``, then evaluates them:
+        ``(state, scalars, histograms)``. ``full``: whether this evaluation
+        computes the costly diagnostics too (:func:`diagnostics.diagnose_full`).
+        ``stop`` and ``full`` are traced: one compiled program
+        (``chunk_program``) serves every call."""
+        return self.chunk_program(state, data, jnp.asarray(stop, jnp.int32),
+                                  jnp.asarray(full, bool))
+
+    def evaluate(self, state, data, full=True):
         """Every member's evaluation at its current step, without training:
         ``train_chunk`` with no steps to take (the same compiled program)."""
         step = int(jax.device_get(state.step[0]))  # a host int: the same signature as every chunk
-        return self.train_chunk(state, data, jnp.int32(step))
+        return self.train_chunk(state, data, step, full)
 
 
 def device_data(dataset: data_lib.Dataset, probe_idx: np.ndarray) -> dict:

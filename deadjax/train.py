@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import jax.numpy as jnp
-
 from deadjax.population import MemberState, Population
 
 
@@ -26,18 +24,31 @@ def evaluation_steps(start: int, total: int, eval_every: int) -> list[int]:
     return steps
 
 
+def is_full_evaluation(step: int, total: int, config) -> bool:
+    """Whether the evaluation at ``step`` computes the costly diagnostics
+    (percentiles, Jacobian singular values, effective rank, histograms): at
+    step 0, at the last step ``total``, and at every multiple of
+    ``eval_every * diagnostics.full_every``. Depends on the step alone, so a
+    resumed run evaluates as an uninterrupted one."""
+    every = config.train.eval_every * config.diagnostics.full_every
+    return step == 0 or step == total or step % every == 0
+
+
 def run(pop: Population, state: MemberState, data: dict, *, start: int, total: int,
         on_eval: Callable[[int, MemberState, dict, dict], None]) -> MemberState:
     """Trains ``state`` (at step ``start``) to step ``total``.
 
     At ``start == 0`` the initialisation is evaluated first (step 0).
     ``on_eval(step, state, scalars, histograms)`` is called after each
-    evaluation with device arrays (leading member axis).
+    evaluation with device arrays (leading member axis); ``histograms`` is
+    empty, and the costly diagnostics NaN, where the evaluation is not full
+    (:func:`is_full_evaluation`).
     """
     if start == 0:
         state, scalars, hists = pop.evaluate(state, data)
         on_eval(0, state, scalars, hists)
     for stop in evaluation_steps(start, total, pop.config.train.eval_every):
-        state, scalars, hists = pop.train_chunk(state, data, jnp.int32(stop))
-        on_eval(stop, state, scalars, hists)
+        full = is_full_evaluation(stop, total, pop.config)
+        state, scalars, hists = pop.train_chunk(state, data, stop, full)
+        on_eval(stop, state, scalars, hists if full else {})
     return state

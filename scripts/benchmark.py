@@ -36,6 +36,7 @@ import os
 import sys
 import tempfile
 import time
+from typing import Sequence
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -45,6 +46,7 @@ import numpy as np  # noqa: E402
 
 from deadjax import benchmarking as bm  # noqa: E402
 from deadjax import data as data_lib  # noqa: E402
+from deadjax.config import default_config  # noqa: E402
 
 
 
@@ -70,8 +72,9 @@ def parse_args(argv=None):
                    help="members timed one after another for the loop baseline")
     p.add_argument("--matmul-size", type=int, default=4096)
     p.add_argument("--diag-population", type=int, default=64)
-    p.add_argument("--diag-chunks", type=int, default=1,
-                   help="evaluation intervals (of train.eval_every = 100) per timing")
+    p.add_argument("--diag-chunks", type=int, default=0,
+                   help="evaluation intervals per diagnostics timing (0: "
+                        "diagnostics.full_every, one full evaluation per timing)")
     p.add_argument("--io-steps", type=int, default=1000,
                    help="train.steps of the io sweep (checkpoints every 1000)")
     p.add_argument("--io-population", type=int, default=64)
@@ -128,12 +131,15 @@ def compile_timed(jitted, *example):
 class Runner:
     """Calls a compiled program that maps ``(state, *extra) -> (state, ...)``
     and keeps its state. ``stop_after``: the program is deadjax's
-    ``train_chunk``, whose last argument is the step to train to (it trains
-    ``stop - step`` steps), so each call passes ``step + stop_after``."""
+    ``chunk_program``, whose last arguments are the step to train to (it
+    trains ``stop - step`` steps) and whether the evaluation is full, so each
+    call passes ``step + stop_after`` and the next entry of ``full`` (a
+    cycle)."""
 
-    def __init__(self, compiled, state, *extra, stop_after: int | None = None):
+    def __init__(self, compiled, state, *extra, stop_after: int | None = None,
+                 full: Sequence[bool] = (True,)):
         self.compiled, self.state, self.extra = compiled, state, extra
-        self.stop_after = stop_after
+        self.stop_after, self.full, self.calls = stop_after, tuple(full), 0
 
     def __call__(self, calls: int = 1) -> float:
         """Seconds of ``calls`` consecutive calls, until the result is ready.
@@ -143,8 +149,12 @@ class Runner:
         step = int(jax.device_get(self.state.step[0])) if train_chunk else 0
         t = time.perf_counter()
         for i in range(1, calls + 1):
-            stop = (jnp.int32(step + i * self.stop_after),) if train_chunk else ()
-            self.state = self.compiled(self.state, *self.extra, *stop)[0]
+            tail = ()
+            if train_chunk:
+                full = self.full[self.calls % len(self.full)]
+                tail = (jnp.int32(step + i * self.stop_after), jnp.bool_(full))
+            self.state = self.compiled(self.state, *self.extra, *tail)[0]
+            self.calls += 1
         jax.block_until_ready(self.state)
         return time.perf_counter() - t
 
@@ -172,7 +182,8 @@ def core_row(population: int, args, peak: float) -> dict:
     hw = bm.Handwritten(cfg, data_lib.load(cfg))
     members = hw.from_deadjax(state)
     loop_states = [bm.member(members, i) for i in range(min(population, args.loop_members))]
-    dj_prog, dj_compile = compile_timed(pop.train_chunk, state, data, jnp.int32(steps))
+    dj_prog, dj_compile = compile_timed(pop.chunk_program, state, data, jnp.int32(steps),
+                                        jnp.bool_(True))
     hw_prog, hw_compile = compile_timed(hw.population_program(steps), members)
     loop_prog, _ = compile_timed(hw.member_program(steps), loop_states[0])
 
@@ -233,21 +244,30 @@ def core_table(rows) -> str:
 # --------------------------------------------------------------------------
 
 def diagnostics_overhead(args) -> str:
+    """Diagnostics on (the default ``diagnostics.*``) against off at the
+    default interval. A timing covers ``diagnostics.full_every`` intervals,
+    the first with a full evaluation (the costly statistics), as a sweep
+    runs them."""
     population, every = args.diag_population, 100
+    full_every = default_config().diagnostics.full_every
     runners, compiles = {}, {}
     for name, enabled in (("off", False), ("on", True)):
         cfg = bm.seed_config(eval_every=every, steps=10 ** 6, diagnostics=enabled,
                              precision=args.precision, max_population=population)
         pop, state, data = bm.deadjax_population(cfg, population)
-        prog, compiles[name] = compile_timed(pop.train_chunk, state, data, jnp.int32(every))
-        runners[name] = Runner(prog, state, data, stop_after=every)
-    times = interleaved(runners, args.repeats, calls=args.diag_chunks)
-    work = population * every * args.diag_chunks
+        prog, compiles[name] = compile_timed(pop.chunk_program, state, data, jnp.int32(every),
+                                             jnp.bool_(True))
+        runners[name] = Runner(prog, state, data, stop_after=every,
+                               full=(True,) + (False,) * (full_every - 1))
+    chunks = args.diag_chunks or full_every
+    times = interleaved(runners, args.repeats, calls=chunks)
+    work = population * every * chunks
     rate = {k: bm.median([work / t for t in v]) for k, v in times.items()}
     costs = [on / off - 1 for on, off in zip(times["on"], times["off"])]
     cost = bm.median(costs)
     return (f"population {population}, train.eval_every = {every}, "
-            f"{args.diag_chunks} interval(s) per timing, {args.repeats} repeats\n\n"
+            f"diagnostics.full_every = {full_every}, {chunks} interval(s) per timing "
+            f"(the first full), {args.repeats} repeats\n\n"
             "| diagnostics | member-steps/s | compile s |\n|---|---:|---:|\n"
             f"| off | {rate['off']:,.0f} | {compiles['off']:.1f} |\n"
             f"| on (default diagnostics.*) | {rate['on']:,.0f} | {compiles['on']:.1f} |\n\n"
@@ -324,7 +344,7 @@ def timed_train_run(clock: Clock, original):
             on_eval(*a)
             clock.add("on_eval (all writing)", time.perf_counter() - t)
 
-        pop.evaluate = timed_program("evaluate", programs["evaluate"])
+        # evaluate() calls train_chunk, so only train_chunk is wrapped.
         pop.train_chunk = timed_program("train_chunk", programs["train_chunk"])
         try:
             return original(pop, state, data, start=start, total=total, on_eval=timed_eval)

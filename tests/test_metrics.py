@@ -474,6 +474,37 @@ def test_histogram_against_numpy(num_bins):
     assert int(counts.sum()) == v.size
 
 
+def test_percentiles_against_numpy():
+    """Order statistics through int32 keys: signs, zeros, infinities, ties."""
+    rng = np.random.default_rng(5)
+    v = rng.normal(size=1000).astype(np.float32) * 10.0 ** rng.integers(-3, 4, 1000)
+    v[:6] = [0.0, -0.0, np.inf, -np.inf, 1.5, 1.5]
+    qs = [0.0, 15.0, 50.0, 85.0, 99.9, 100.0]
+    with np.errstate(invalid="ignore"):  # numpy: -inf - -inf at q = 0, as here
+        want = np.percentile(v, qs)
+    # float32 interpolation against numpy's float64: within one or two ulps
+    np.testing.assert_allclose(J(M.percentiles, qs=qs)(v), want, rtol=3e-7)
+    w = rng.normal(size=(37, 11)).astype(np.float32)
+    np.testing.assert_allclose(J(M.percentiles, qs=qs)(w), np.percentile(w, qs), rtol=1e-6,
+                               atol=1e-7)
+    assert np.isnan(J(M.percentiles, qs=qs)(np.array([1.0, np.nan], np.float32))).all()
+
+
+def test_histogram_values_on_edges():
+    """Values exactly on the edges (where the arithmetic bin can round the
+    wrong way) fall in the bins ``numpy.histogram`` puts them in."""
+    rng = np.random.default_rng(3)
+    lo, hi, bins = np.float32(-1.3), np.float32(2.7), 41
+    edges = np.asarray(jnp.linspace(lo, hi, bins + 1))
+    v = np.concatenate([edges, np.nextafter(edges, np.float32(-np.inf)),
+                        np.nextafter(edges, np.float32(np.inf)),
+                        rng.uniform(lo, hi, 500).astype(np.float32)]).astype(np.float32)
+    v = np.clip(v, lo, hi)
+    got_lo, got_hi, counts = J(M.histogram, num_bins=bins)(v)
+    assert (float(got_lo), float(got_hi)) == (float(lo), float(hi))
+    np.testing.assert_array_equal(counts, np.histogram(v, bins=edges)[0])
+
+
 def test_histogram_constant_and_nonfinite():
     f = J(M.histogram, num_bins=5)
     lo, hi, counts = f(np.full(6, 2.0, np.float32))

@@ -113,10 +113,10 @@ def test_no_recompilation_across_chunks_evaluations_and_reruns(tmp_path):
     (pop,) = runner._POPULATIONS.values()
     assert pop.init._cache_size() == 1
     # one program: the step-0 evaluation, 3 chunks of steps, 2 population chunks
-    assert pop.train_chunk._cache_size() == 1
+    assert pop.chunk_program._cache_size() == 1
     before = len(compiles)
     runner.run_sweep(base, points, tmp_path / "b")
-    assert pop.train_chunk._cache_size() == 1
+    assert pop.chunk_program._cache_size() == 1
     assert len(compiles) == before, "a rerun compiled again"
     frame = runner.results.load_results(tmp_path / "b")
     assert sorted(frame.seed.unique()) == list(range(6))  # padding never reaches results

@@ -9,6 +9,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -149,10 +150,34 @@ def test_histograms_are_stored_compactly_per_point_and_step(tmp_path):
     hist = deadjax.load_histograms(tmp_path)
     assert set(hist.name) == {f"{k}/layer_{l}" for k in ("preact", "activation", "delta")
                               for l in (0, 1)}
-    assert len(hist) == 2 * 3 * 6  # points x evaluations x histograms
+    assert len(hist) == 2 * 2 * 6  # points x full evaluations x histograms
+    assert sorted(hist.step.unique()) == [0, 20]  # first and last (full_every = 20)
     probe = deadjax.probe_batch(base).shape[0]
     sizes = hist.counts.map(len).unique().tolist()
     assert sizes == [7]
     totals = hist.assign(total=hist.counts.map(sum)).set_index("name").total
     assert (totals.loc["preact/layer_0"] == probe * 10).all()
     assert (hist.lo <= hist.hi).all()
+
+
+def test_costly_statistics_at_full_evaluations_only(tmp_path):
+    """With diagnostics.full_every = 2 and evaluations every 10 of 30 steps,
+    steps 0, 20 (a multiple of 20) and 30 (the last) are full: percentiles,
+    Jacobian, rank and histograms there, NaN and no histogram at step 10;
+    the per-evaluation statistics everywhere. A full evaluation gives the
+    numbers a full_every = 1 run gives."""
+    base = tiny_config(train__steps=30, diagnostics__full_every=2)
+    runner.run_sweep(base, sweep.product({"seed": [0]}), tmp_path / "two", tensorboard=False)
+    every = tiny_config(train__steps=30, diagnostics__full_every=1)
+    runner.run_sweep(every, sweep.product({"seed": [0]}), tmp_path / "one", tensorboard=False)
+    two = deadjax.load_results(tmp_path / "two").set_index("step").sort_index()
+    one = deadjax.load_results(tmp_path / "one").set_index("step").sort_index()
+    costly = ["preact_p50/layer_0", "jacobian_sv/layer_1", "effective_rank/layer_0"]
+    assert two.loc[10, costly].isna().all()
+    assert two.loc[[0, 20, 30], costly].notna().all().all()
+    np.testing.assert_allclose(two.loc[[0, 20, 30], costly], one.loc[[0, 20, 30], costly],
+                               rtol=1e-6)
+    cheap = ["dead_fraction/layer_0", "grad_norm/layer_0", "preact_mean/layer_1"]
+    np.testing.assert_allclose(two[cheap], one[cheap], rtol=1e-6)
+    assert sorted(deadjax.load_histograms(tmp_path / "two").step.unique()) == [0, 20, 30]
+    assert sorted(deadjax.load_histograms(tmp_path / "one").step.unique()) == [0, 10, 20, 30]
