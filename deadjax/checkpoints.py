@@ -55,6 +55,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 log = logging.getLogger("deadjax")
 
@@ -140,6 +141,33 @@ def _to_host(tree):
         for i, h in zip(idx, host):
             out[i] = h
     return jax.tree.unflatten(treedef, out)
+
+
+def _local_device():
+    """This process's first CPU device (its first device without a CPU backend)."""
+    try:
+        return jax.local_devices(backend="cpu")[0]
+    except RuntimeError:
+        return jax.local_devices()[0]
+
+
+def _on_local_device(abstract):
+    """``abstract`` (ShapeDtypeStructs) placed whole on :func:`_local_device`.
+
+    A checkpoint saved collectively holds arrays sharded over the saving
+    run's devices; Orbax restores it onto another topology only when told
+    the target sharding, so every process restores every member whole and
+    the caller shards them over its own devices."""
+    sharding = jax.sharding.SingleDeviceSharding(_local_device())
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                        abstract)
+
+
+def _saved_abstract(step_dir: Path):
+    """The saved state's tree as ShapeDtypeStructs, from Orbax's metadata."""
+    tree = ocp.StandardCheckpointer().metadata(step_dir / STATE).item_metadata.tree
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree,
+                        is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
 
 
 def _jsonable(value):
@@ -270,7 +298,12 @@ class ChunkCheckpointer:
                      step, self.directory, latest)
             return False
         points = [str(p) for p in metadata.get("points", ())]
-        host = _to_host(state)
+        # Several processes (jax.distributed): every process calls save with the
+        # same global arrays, Orbax writes each process's shards (a collective
+        # save), and the checksums come from a gathered copy.
+        collective = jax.process_count() > 1
+        host = multihost_utils.process_allgather(state, tiled=True) if collective \
+            else _to_host(state)
         leaves = leaf_paths(host)
         if not points:
             raise ValueError("ChunkCheckpointer.save needs metadata['points'], the ordered "
@@ -289,8 +322,9 @@ class ChunkCheckpointer:
             leaves={p: {"shape": list(a.shape), "dtype": str(a.dtype), "crc32": _crc32(a)}
                     for p, a in leaves})
         record.setdefault("config", {})
+        record["collective"] = collective
         return bool(self._manager.save(step, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardSave(host),
+            STATE: ocp.args.StandardSave(state if collective else host),
             METADATA: ocp.args.JsonSave(record)})))
 
     # ------------------------------------------------------------- restoring
@@ -330,10 +364,16 @@ class ChunkCheckpointer:
                 restore_abstract = jax.tree.map(
                     lambda s: jax.ShapeDtypeStruct((n_saved,) + tuple(s.shape[1:]), s.dtype),
                     abstract)
+                if record.get("collective"):
+                    restore_abstract = _on_local_device(restore_abstract)
                 out = self._manager.restore(step, args=ocp.args.Composite(**{
                     STATE: ocp.args.StandardRestore(restore_abstract),
                     METADATA: ocp.args.JsonRestore()}))
                 state = out[STATE]
+                if record.get("collective"):
+                    state = jax.tree.map(
+                        lambda t, a: np.asarray(a) if isinstance(t, np.ndarray) else a,
+                        template, state)
                 _verify(state, record)
             except _TemplateMismatch as e:
                 raise ValueError(str(e)) from None
@@ -495,8 +535,10 @@ def load_member(workdir, point: str) -> dict:
                 if point not in record["points"]:
                     raise KeyError(f"point {point!r} is not among the points of checkpoint "
                                    f"{directory / str(step)}.")
+                target = (_on_local_device(_saved_abstract(directory / str(step)))
+                          if record.get("collective") else None)
                 out = manager.restore(step, args=ocp.args.Composite(**{
-                    STATE: ocp.args.StandardRestore(), METADATA: ocp.args.JsonRestore()}))
+                    STATE: ocp.args.StandardRestore(target), METADATA: ocp.args.JsonRestore()}))
                 raw = out[STATE]
                 _verify(raw, record)
             except KeyError:

@@ -203,19 +203,16 @@ def run_chunk(pop, group, chunk_index, members, data, workdir, swept, *, summari
             progress.begin(group, chunk_index, start, n)
 
         def on_eval(step, state, scalars, hists):
+            # Gathers and checkpoint saves are collective: every process makes them.
             host = sharding.to_host(scalars)
+            host_hists = sharding.to_host(hists) if hists else {}
             # Step 0 needs no checkpoint: the initialisation is recomputed exactly.
             if step > 0 and (step % cfg.train.checkpoint_every == 0 or step == total):
-                real = _real(state, n)
-                if jax.process_count() > 1:
-                    real = sharding.to_host(real)
-                if writer:
-                    ckpt.save(step, real, meta)
+                ckpt.save(step, _real(state, n), meta)
             if not writer:
                 return
             frame = results.rows_for_evaluation(members, step, host, swept)
             results.write_part(workdir, group.id, chunk_index, step, frame)
-            host_hists = sharding.to_host(hists) if hists else {}
             if host_hists:
                 results.write_histograms(workdir, group.id, chunk_index, step, members,
                                          host_hists)

@@ -2,9 +2,11 @@
 change nothing but speed."""
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -12,16 +14,20 @@ import pytest
 
 import deadjax
 from deadjax import runner, sharding, sweep
+from deadjax.checkpoints import CheckpointWarning
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _four_devices(script: str, timeout=300):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-               XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=timeout)
+def _env(devices: int) -> dict:
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+def _four_devices(script: str, timeout=300, devices=4):
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT,
+                         env=_env(devices), capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
@@ -60,6 +66,76 @@ def test_four_devices_match_one_device_and_resume_on_one(tmp_path):
     straight = deadjax.load_results(tmp_path / "one40")
     assert not resumed.duplicated(["point", "step"]).any()
     pd.testing.assert_frame_equal(resumed, straight, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_checkpoint_from_four_devices_resumes_on_two(tmp_path):
+    _four_devices(SWEEP.format(steps=20, workdir=str(tmp_path / "four")))
+    _four_devices(SWEEP.replace("== 4", "== 2").format(steps=40, workdir=str(tmp_path / "four")),
+                  devices=2)
+    runner.run_sweep(_base(40), sweep.product({"seed": range(6)}), tmp_path / "one",
+                     tensorboard=False)
+    assert not list((tmp_path / "four").glob("checkpoints/*/*.corrupt"))  # really resumed
+    resumed = deadjax.load_results(tmp_path / "four")
+    assert not resumed.duplicated(["point", "step"]).any()
+    pd.testing.assert_frame_equal(resumed, deadjax.load_results(tmp_path / "one"), rtol=1e-5)
+
+
+PROCESS = """
+    import sys
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address="127.0.0.1:{port}", num_processes=2,
+                               process_id=int(sys.argv[1]))
+    assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
+    from deadjax import runner, sweep
+    from tests.conftest import tiny_config
+    base = tiny_config(train__max_population=4, train__steps={steps},
+                       diagnostics__families=("dead", "gradients"))
+    runner.run_sweep(base, sweep.product({{"seed": range(6)}}), {workdir!r}, tensorboard=False)
+"""
+
+
+def _two_processes(steps: int, workdir: Path, timeout=240):
+    """Two processes of 2 CPU devices each, joined by jax.distributed on
+    127.0.0.1 (a free port) with gloo CPU collectives: one 4-device mesh."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = textwrap.dedent(PROCESS.format(port=port, steps=steps, workdir=str(workdir)))
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], cwd=ROOT, env=_env(2),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_and_resume_on_one(tmp_path):
+    """2 processes x 2 devices write the results one process writes (only
+    process 0 writes rows; Orbax saves checkpoints collectively), and their
+    checkpoints resume in a single process."""
+    _two_processes(20, tmp_path / "two")
+    points = sweep.product({"seed": range(6)})
+    runner.run_sweep(_base(20), points, tmp_path / "one", tensorboard=False)
+    two = deadjax.load_results(tmp_path / "two")
+    assert len(two) == 6 * 3
+    pd.testing.assert_frame_equal(two, deadjax.load_results(tmp_path / "one"), rtol=1e-5)
+    with warnings.catch_warnings():  # a checkpoint that fails to restore would warn
+        warnings.simplefilter("error", CheckpointWarning)
+        runner.run_sweep(_base(40), points, tmp_path / "two", tensorboard=False)
+        member = deadjax.load_member(tmp_path / "two", two.point.iloc[0])
+    assert member["step"] == 40 and member["params"]["Dense_0"]["kernel"].shape == (12, 10)
+    assert not list((tmp_path / "two").glob("checkpoints/*/*.corrupt"))
+    runner.run_sweep(_base(40), points, tmp_path / "one40", tensorboard=False)
+    resumed = deadjax.load_results(tmp_path / "two")
+    assert not resumed.duplicated(["point", "step"]).any()
+    pd.testing.assert_frame_equal(resumed, deadjax.load_results(tmp_path / "one40"), rtol=1e-5)
 
 
 @pytest.mark.slow
