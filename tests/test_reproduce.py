@@ -47,6 +47,26 @@ def test_schoenholz2017_quick(tmp_path):
     _run_quick("schoenholz2017", tmp_path)
 
 
+@pytest.mark.slow
+def test_glorot2010_quick(tmp_path):
+    _run_quick("glorot2010", tmp_path)
+
+
+@pytest.mark.slow
+def test_he2015_quick(tmp_path):
+    _run_quick("he2015", tmp_path)
+
+
+@pytest.mark.slow
+def test_ioffe2015_quick(tmp_path):
+    _run_quick("ioffe2015", tmp_path)
+
+
+@pytest.mark.slow
+def test_seed_remedies_quick(tmp_path):
+    _run_quick("seed_remedies", tmp_path)
+
+
 def test_unknown_name_is_refused():
     with pytest.raises(ValueError, match="unknown"):
         reproductions.module("nope")

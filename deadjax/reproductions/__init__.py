@@ -18,7 +18,8 @@ from pathlib import Path
 
 from deadjax.reproductions import common
 
-NAMES = ("mnist1d", "lu2019", "schoenholz2017")
+NAMES = ("mnist1d", "glorot2010", "he2015", "ioffe2015", "lu2019", "schoenholz2017",
+         "seed_remedies")
 
 
 def module(name: str):
