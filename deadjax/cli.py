@@ -98,7 +98,13 @@ def summary_table(workdir, limit: int = 40) -> str:
 def sweep_main(flags) -> int:
     if flags.distributed:
         import jax
-        jax.distributed.initialize()
+        # Processes whose devices are CPUs need a CPU collectives backend for
+        # the gathers; gloo ships with jaxlib. Accelerators use their own.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=getattr(flags, "coordinator_address", None),
+            num_processes=getattr(flags, "num_processes", None),
+            process_id=getattr(flags, "process_id", None))
     base = flags.config
     path = config_flags.get_config_filename(flags["config"])
     overrides = config_flags.get_override_values(flags["config"])

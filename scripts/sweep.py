@@ -28,6 +28,10 @@ flags.DEFINE_integer("task_index", 0, "This task's index in [0, num_tasks), e.g.
                      "$SLURM_ARRAY_TASK_ID.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (arguments "
                   "from the environment on TPU pods and SLURM); process 0 writes.")
+flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process "
+                    "0's coordinator, where the environment does not say (bare machines).")
+flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
+flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -81,29 +81,34 @@ def test_checkpoint_from_four_devices_resumes_on_two(tmp_path):
     pd.testing.assert_frame_equal(resumed, deadjax.load_results(tmp_path / "one"), rtol=1e-5)
 
 
-PROCESS = """
-    import sys
-    import jax
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address="127.0.0.1:{port}", num_processes=2,
-                               process_id=int(sys.argv[1]))
-    assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
-    from deadjax import runner, sweep
-    from tests.conftest import tiny_config
-    base = tiny_config(train__max_population=4, train__steps={steps},
+EXPERIMENT = """
+from deadjax import sweep
+from tests.conftest import tiny_config
+
+
+def get_config():
+    return tiny_config(train__max_population=4, train__steps={steps},
                        diagnostics__families=("dead", "gradients"))
-    runner.run_sweep(base, sweep.product({{"seed": range(6)}}), {workdir!r}, tensorboard=False)
+
+
+def get_sweep():
+    return sweep.product({{"seed": range(6)}})
 """
 
 
 def _two_processes(steps: int, workdir: Path, timeout=240):
-    """Two processes of 2 CPU devices each, joined by jax.distributed on
-    127.0.0.1 (a free port) with gloo CPU collectives: one 4-device mesh."""
+    """``scripts/sweep.py --distributed`` in two processes of 2 CPU devices
+    each, joined on 127.0.0.1 (a free port, gloo CPU collectives): one
+    4-device mesh."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    script = textwrap.dedent(PROCESS.format(port=port, steps=steps, workdir=str(workdir)))
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], cwd=ROOT, env=_env(2),
+    experiment = workdir.parent / f"experiment_{steps}.py"
+    experiment.write_text(EXPERIMENT.format(steps=steps))
+    command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), "--distributed",
+               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+               f"--config={experiment}", f"--workdir={workdir}"]
+    procs = [subprocess.Popen(command + [f"--process_id={i}"], cwd=ROOT, env=_env(2),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     try:
