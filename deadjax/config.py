@@ -35,6 +35,13 @@ PER_MEMBER_FIELDS = (
 RUN_LENGTH_FIELDS = ("train.steps",)
 
 
+# Fields added after workdirs existed. A workdir's config.json without one
+# reads as if it held the default, and a group's id leaves the field out while
+# it has its default, so those workdirs keep their groups, checkpoints and
+# results (sweep.group_points, runner.check_same_experiment).
+ADDED_FIELDS = ("diagnostics.full_every",)
+
+
 class ConfigError(ValueError):
     """A config value that is not allowed; the message is one sentence for the user."""
 

@@ -69,6 +69,9 @@ def check_same_experiment(workdir: Path, base: ml_collections.ConfigDict) -> Non
         return
     old = json.loads(path.read_text())["config"]
     new, before = _comparable(base.to_dict()), _comparable(old)
+    defaults = _comparable(config_lib.default_config().to_dict())
+    for k in config_lib.ADDED_FIELDS:  # written before the field existed
+        before.setdefault(k, defaults[k])
     diff = sorted(k for k in set(new) | set(before) if new.get(k) != before.get(k))
     if diff:
         k = diff[0]

@@ -162,12 +162,15 @@ def group_points(points: list[PointSpec]) -> list[Group]:
 
     The run length (``train.steps``) is left out of a group's id unless the
     sweep itself varies it, so that a workdir resumed with more steps keeps
-    its groups, checkpoints and results.
+    its groups, checkpoints and results; so are fields added to deadjax later
+    while they hold their defaults (``config.ADDED_FIELDS``).
     """
     groups: dict[str, Group] = {}
+    defaults = static_fields(config_lib.default_config())
     for p in points:
         key = {k: v for k, v in static_fields(p.config).items()
-               if k not in config_lib.RUN_LENGTH_FIELDS or k in p.values}
+               if (k not in config_lib.RUN_LENGTH_FIELDS or k in p.values)
+               and not (k in config_lib.ADDED_FIELDS and v == defaults.get(k))}
         gid = "g" + _hash(key, 8)
         p.group = gid
         groups.setdefault(gid, Group(gid, p.config, [])).points.append(p)

@@ -181,3 +181,21 @@ def test_costly_statistics_at_full_evaluations_only(tmp_path):
     np.testing.assert_allclose(two[cheap], one[cheap], rtol=1e-6)
     assert sorted(deadjax.load_histograms(tmp_path / "two").step.unique()) == [0, 20, 30]
     assert sorted(deadjax.load_histograms(tmp_path / "one").step.unique()) == [0, 10, 20, 30]
+
+
+def test_workdir_from_before_a_field_existed_resumes(tmp_path):
+    """A config.json written before diagnostics.full_every existed reads as
+    holding the default, and the group keeps its id: the rerun with more steps
+    resumes instead of refusing the workdir or training a second group."""
+    import json
+    points = sweep.product({"seed": [0, 1]})
+    runner.run_sweep(tiny_config(), points, tmp_path, tensorboard=False)
+    path = tmp_path / "config.json"
+    record = json.loads(path.read_text())
+    del record["config"]["diagnostics"]["full_every"]
+    path.write_text(json.dumps(record))
+    runner.run_sweep(tiny_config(train__steps=30), points, tmp_path, tensorboard=False)
+    frame = deadjax.load_results(tmp_path)
+    assert frame.group.nunique() == 1
+    assert not frame.duplicated(["point", "step"]).any()
+    assert sorted(frame.step.unique()) == [0, 10, 20, 30]
