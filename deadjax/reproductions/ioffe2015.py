@@ -73,7 +73,10 @@ nearly as much as the plain one (D_scale 0.64 vs 1.01), so the spread
 ordering depends on the learning rate; we did not tune further.
 
 Time on this project's 2-core CPU machine, shared with other jobs at the time
-(measured): full TBD, quick TBD.
+(measured): full 4.1 min wall (2.9 min CPU; 8 networks in 2 compiled
+populations, 41 full evaluations each), quick 55–60 s. Measured in the full
+run: final test accuracy BN 0.689 vs plain 0.482, at step 2000 0.583 vs
+0.310; D_loc 0.86 (plain) vs 0.03 (BN), D_scale 1.46 vs 0.71.
 """
 
 from __future__ import annotations
