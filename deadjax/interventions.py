@@ -23,10 +23,6 @@ import jax.numpy as jnp
 from deadjax import metrics
 
 
-def _num_hidden(params) -> int:
-    return sum(1 for k in params if k.startswith("Dense_")) - 1
-
-
 def unit_parameter_masks(params, masks: Sequence[jax.Array]):
     """``(incoming, outgoing)``: params-shaped bool trees marking the incoming
     parameters and the outgoing weights of the units in ``masks`` (one

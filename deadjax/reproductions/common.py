@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from deadjax import figures, results, runner
+from deadjax import sweep as sweep_lib
 
 log = logging.getLogger("deadjax.reproductions")
 
@@ -113,6 +114,13 @@ def sweep(base: ml_collections.ConfigDict, points: Sequence[dict], workdir: Path
     frame = frame[frame["point"].isin(ids)].reset_index(drop=True)
     print(f"  {label}: {len(ids)} points in {sub} ({time.time() - t0:.0f} s)", flush=True)
     return frame
+
+
+def experiment_config(name: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of ``experiments/NAME.py``, the recipe a reproduction
+    starts from."""
+    path = Path(__file__).resolve().parents[2] / "experiments" / f"{name}.py"
+    return sweep_lib.load_experiment(path)[0]
 
 
 def final_rows(frame: pd.DataFrame) -> pd.DataFrame:

@@ -36,7 +36,6 @@ time (measured): full 13.6 min wall, 5.9 min CPU; quick 35–45 s.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -55,17 +54,8 @@ MODELS = {  # label -> overrides
 }
 
 
-def _recipe():
-    """experiments/mnist1d_mlp.py's get_config() (the MNIST-1D MLP recipe)."""
-    path = Path(__file__).resolve().parents[2] / "experiments" / "mnist1d_mlp.py"
-    spec = importlib.util.spec_from_file_location("_mnist1d_mlp_recipe", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
-
-
 def get_config(quick: bool = False):
-    c = _recipe()
+    c = common.experiment_config("mnist1d_mlp")  # the MNIST-1D MLP recipe
     c.train.steps = 1500 if quick else 8000
     c.train.eval_every = 250 if quick else 500
     c.train.checkpoint_every = 1500 if quick else 2000

@@ -110,7 +110,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deadjax.config import default_config
 from deadjax.reproductions import common
 
 TITLE = "The founding write-up's dead-neuron claims and remedies on its own random-data example"
@@ -140,22 +139,8 @@ def settings(quick: bool) -> dict:
 
 def get_config(quick: bool = False):
     s = settings(quick)
-    c = default_config()
-    c.data.name = "random"
-    c.data.num_train = 1000
-    c.data.num_test = 1000
-    c.data.num_features = 784
-    c.data.num_classes = 10
-    c.data.val_fraction = 0.0
-    c.data.batch_size = 0
-    c.model.widths = (128, 128)
-    c.model.activation = "relu"
-    c.model.kernel_init = "glorot_uniform"
-    c.model.bias_init = "zeros"
-    c.model.norm = "none"
-    c.model.dropout = 0.0
-    c.optim.name = "adam"
-    c.optim.learning_rate = 1e-3
+    c = common.experiment_config("seed_example")
+    c.model.kernel_init = "glorot_uniform"  # the write-up's Keras default (Xavier)
     c.train.steps = s["steps"]
     c.train.eval_every = s["eval_every"]
     c.train.checkpoint_every = s["steps"]
