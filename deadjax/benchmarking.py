@@ -103,7 +103,7 @@ def deadjax_population(config, population: int):
     dataset = data_lib.load(config)
     pop = pop_lib.Population(config, dataset)
     configs = member_configs(config, population)
-    state = pop.init(np.arange(population, dtype=np.int32), pop_lib.hparams_of(configs))
+    state = pop.init(np.arange(population, dtype=np.int32), pop.hparams_of(configs))
     data = pop_lib.device_data(dataset, data_lib.probe_indices(config))
     return pop, state, data
 

@@ -40,6 +40,7 @@ target).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -111,6 +112,31 @@ def leaf_paths(tree) -> list[tuple[str, Any]]:
     """
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     return [("/".join(_key_name(k) for k in path), leaf) for path, leaf in flat]
+
+
+def _as_saved(template, saved_fields):
+    """The restore target for a checkpoint whose top-level fields are
+    ``saved_fields``: a dataclass becomes the dict of its fields, without
+    those that hold no array and are not on disk -- a field added after the
+    checkpoint was written (``MemberState.interventions`` is ``{}`` without an
+    intervention), so such checkpoints still restore."""
+    if dataclasses.is_dataclass(template) and not isinstance(template, type):
+        return {f.name: getattr(template, f.name) for f in dataclasses.fields(template)
+                if f.name in saved_fields or jax.tree.leaves(getattr(template, f.name))}
+    return template
+
+
+def _saved_fields(step_dir: Path) -> set:
+    """The top-level keys of the state saved in ``step_dir``, from Orbax's metadata."""
+    meta = ocp.StandardCheckpointHandler().metadata(step_dir / STATE)
+    return set(getattr(meta, "tree", meta))
+
+
+def _from_saved(stored, template):
+    """The inverse of :func:`_as_saved`, with ``template``'s structure."""
+    if dataclasses.is_dataclass(template) and not isinstance(template, type):
+        return dataclasses.replace(template, **stored)
+    return stored
 
 
 def _crc32(a: np.ndarray) -> int:
@@ -361,15 +387,16 @@ class ChunkCheckpointer:
                 n_saved = len(record["points"])
                 _check_template(tpl, record, n_saved if rows is None else len(rows),
                                 self.directory / str(step))
+                on_disk = _saved_fields(self.directory / str(step))
                 restore_abstract = jax.tree.map(
                     lambda s: jax.ShapeDtypeStruct((n_saved,) + tuple(s.shape[1:]), s.dtype),
-                    abstract)
+                    _as_saved(abstract, set(on_disk)))
                 if record.get("collective"):
                     restore_abstract = _on_local_device(restore_abstract)
                 out = self._manager.restore(step, args=ocp.args.Composite(**{
                     STATE: ocp.args.StandardRestore(restore_abstract),
                     METADATA: ocp.args.JsonRestore()}))
-                state = out[STATE]
+                state = _from_saved(out[STATE], template)
                 if record.get("collective"):
                     state = jax.tree.map(
                         lambda t, a: np.asarray(a) if isinstance(t, np.ndarray) else a,

@@ -28,6 +28,14 @@ PER_MEMBER_FIELDS = (
     "model.sigma_b",
     "model.leaky_slope",
     "model.dropout",
+    "interventions.method",
+    "interventions.redo_tau",
+    "interventions.reset_slope",
+    "interventions.shrink",
+    "interventions.noise",
+    "interventions.replacement_rate",
+    "interventions.maturity",
+    "interventions.utility_decay",
 )
 
 # Fields that may differ between a workdir's config and a rerun without making
@@ -39,7 +47,21 @@ RUN_LENGTH_FIELDS = ("train.steps",)
 # reads as if it held the default, and a group's id leaves the field out while
 # it has its default, so those workdirs keep their groups, checkpoints and
 # results (sweep.group_points, runner.check_same_experiment).
-ADDED_FIELDS = ("diagnostics.full_every",)
+ADDED_FIELDS = ("diagnostics.full_every", "data.task", "data.task_every",
+                "data.flipping_bits", "interventions.method", "interventions.every",
+                "interventions.redo_tau", "interventions.reset_activation",
+                "interventions.reset_slope", "interventions.shrink", "interventions.noise",
+                "interventions.replacement_rate", "interventions.maturity",
+                "interventions.utility_decay")
+
+# Remedies that act during training (deadjax.interventions); "none" is off.
+INTERVENTIONS = ("none", "activation_reset", "redo", "continual_backprop", "shrink_perturb")
+
+# Non-stationary variants of a classification dataset (deadjax.tasks).
+TASKS = ("stationary", "permuted_inputs", "shuffled_labels")
+
+# Datasets whose targets are real numbers (train.loss = "mse").
+REGRESSION_DATASETS = ("slowly_changing_regression",)
 
 
 class ConfigError(ValueError):
@@ -63,6 +85,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 128
     c.data.order = "shuffle"
     c.data.standardize = True
+    c.data.task = "stationary"
+    c.data.task_every = 1000
+    c.data.flipping_bits = 15
 
     c.model = ml_collections.ConfigDict()
     c.model.widths = (128, 128)
@@ -110,6 +135,18 @@ def default_config() -> ml_collections.ConfigDict:
                               "signal", "jacobian", "rank", "output")
     c.diagnostics.histogram_bins = 41
     c.diagnostics.full_every = 20
+
+    c.interventions = ml_collections.ConfigDict()
+    c.interventions.method = "none"
+    c.interventions.every = 100
+    c.interventions.redo_tau = 0.1
+    c.interventions.reset_activation = "leaky_relu"
+    c.interventions.reset_slope = 0.01
+    c.interventions.shrink = 0.9
+    c.interventions.noise = 0.01
+    c.interventions.replacement_rate = 1e-4
+    c.interventions.maturity = 100
+    c.interventions.utility_decay = 0.99
     return c
 
 
@@ -216,6 +253,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _number("data.batch_size", d.batch_size, low=0, integer=True,
             what="(0 means full batch)")
     _allowed("data.order", d.order, ("shuffle", "sequential", "shared"))
+    _allowed("data.task", d.task, TASKS)
+    _number("data.task_every", d.task_every, low=1, integer=True)
+    if d.name in REGRESSION_DATASETS:
+        _number("data.num_features", d.num_features, low=2, integer=True,
+                what=f"(input bits of {d.name})")
+        _number("data.flipping_bits", d.flipping_bits, low=1, high=d.num_features,
+                integer=True, what="(at most data.num_features)")
+        if d.task != "stationary":
+            raise ConfigError(f"data.task = {d.task!r} is not allowed for data.name = "
+                              f"{d.name!r}, which changes by itself; use 'stationary'.")
     if d.name in ("mnist", "fashion_mnist") and not d.path:
         raise ConfigError(f"data.path = {d.path!r} is not allowed for data.name = "
                           f"{d.name!r}; give the folder that holds the downloaded files.")
@@ -258,6 +305,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _number("train.memory_budget_gb", t.memory_budget_gb, low=0.0,
             what="(0 means chunks of train.max_population members)")
     _allowed("train.loss", t.loss, ("cross_entropy", "mse"))
+    wanted = "mse" if d.name in REGRESSION_DATASETS else "cross_entropy"
+    if t.loss != wanted:
+        raise ConfigError(f"train.loss = {t.loss!r} is not allowed for data.name = "
+                          f"{d.name!r}; its targets need {wanted!r}.")
     _allowed("train.precision", t.precision, ("highest", "tf32", "bf16"))
     _number("train.eval_batch_size", t.eval_batch_size, low=1, integer=True)
     if t.checkpoint_every % t.eval_every:
@@ -284,3 +335,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
     from deadjax import metrics
     for fam in g.families:
         _allowed("diagnostics.families", fam, metrics.DIAGNOSTIC_FAMILIES)
+
+    v = config.interventions
+    _allowed("interventions.method", v.method, INTERVENTIONS)
+    _number("interventions.every", v.every, low=1, integer=True)
+    _number("interventions.redo_tau", v.redo_tau, low=0.0)
+    alt = activations.get(v.reset_activation, field="interventions.reset_activation")
+    if alt.learnable_slope:
+        raise ConfigError(f"interventions.reset_activation = {v.reset_activation!r} is not "
+                          "allowed; a switched unit has no learnable slope (use leaky_relu).")
+    _number("interventions.reset_slope", v.reset_slope)
+    _number("interventions.shrink", v.shrink, low=0.0)
+    _number("interventions.noise", v.noise, low=0.0)
+    _number("interventions.replacement_rate", v.replacement_rate, low=0.0, high=1.0)
+    _number("interventions.maturity", v.maturity, low=0, integer=True)
+    _number("interventions.utility_decay", v.utility_decay, low=0.0, high=1.0,
+            high_open=True)
+    if v.method != "none" and not m.widths:
+        raise ConfigError(f"interventions.method = {v.method!r} is not allowed for "
+                          "model.widths = (); a linear model has no hidden units.")

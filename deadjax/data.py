@@ -11,6 +11,15 @@ Datasets (``config.data.name``):
   ``data.num_features`` features, labels uniform over ``data.num_classes``;
   ``data.num_train`` training and ``data.num_test`` test examples, drawn from
   ``np.random.default_rng(data.seed)``.
+* ``slowly_changing_regression`` -- Dohare et al.'s stream (2021; 2024,
+  Nature), :mod:`deadjax.tasks`: ``data.num_features`` input bits ``m``, of
+  which the first ``data.flipping_bits`` flip one at a time every
+  ``data.task_every`` steps, targets from a fixed random teacher network.
+  Training batches are fresh draws inside the program; the stored splits
+  (``data.num_train`` and ``data.num_test`` examples of task 0) are the
+  evaluation samples, which the program gives each task's flipping bits and
+  targets. Targets are float32 and ``num_classes`` is 1 (one output); the
+  bits are never standardised.
 * ``mnist`` and ``fashion_mnist`` -- read from local files in ``data.path``,
   in either distribution format: the four IDX files (gzip or uncompressed) or
   the Keras ``.npz`` archive (see :data:`IDX_FILES`, :data:`NPZ_FILES`).
@@ -61,7 +70,8 @@ import numpy as np
 
 from deadjax.config import ConfigError
 
-DATASETS = ("mnist1d", "random", "mnist", "fashion_mnist")
+DATASETS = ("mnist1d", "random", "mnist", "fashion_mnist", "slowly_changing_regression")
+REGRESSION = ("slowly_changing_regression",)
 ORDERS = ("shuffle", "sequential", "shared")
 
 # A training std below this counts as a constant feature: it is divided by 1.
@@ -103,7 +113,8 @@ class Dataset:
 
     Inputs are float32 ``(N, F)``, standardised with the training statistics
     ``mean`` and ``std`` (float32 ``(F,)``; 0 and 1 when ``data.standardize``
-    is off); labels are int32 ``(N,)`` in ``[0, num_classes)``. An empty
+    is off); labels are int32 ``(N,)`` in ``[0, num_classes)`` (a regression
+    dataset: float32 targets and ``num_classes = 1``, its one output). An empty
     validation set has shape ``(0, F)``.
     """
 
@@ -148,6 +159,9 @@ def _cache_key(d) -> tuple:
     if name == "random":
         key += (int(d.num_train), int(d.num_test), int(d.num_features),
                 int(d.num_classes))
+    elif name in REGRESSION:
+        key += (int(d.num_train), int(d.num_test), int(d.num_features),
+                int(d.flipping_bits))
     elif name in ("mnist", "fashion_mnist"):
         key += (os.path.abspath(os.path.expanduser(str(d.path))),)
     return key
@@ -206,6 +220,9 @@ def _build(d) -> Dataset:
     elif d.name == "random":
         x, y, x_test, y_test = _random_raw(d)
         num_classes = int(d.num_classes)
+    elif d.name in REGRESSION:
+        x, y, x_test, y_test = _regression_raw(d)
+        num_classes = 1
     else:
         x, y, x_test, y_test = _load_image_files(d)
         num_classes = _NUM_CLASSES_IMAGES
@@ -215,7 +232,7 @@ def _build(d) -> Dataset:
     x_va, y_va = x[val_idx], y[val_idx]
 
     num_features = x.shape[1]
-    if bool(d.standardize):
+    if bool(d.standardize) and d.name not in REGRESSION:
         mean, std = _train_stats(x_tr)
     else:
         mean = np.zeros(num_features, np.float64)
@@ -227,7 +244,7 @@ def _build(d) -> Dataset:
         return out
 
     def labels(a: np.ndarray) -> np.ndarray:
-        out = np.ascontiguousarray(a, dtype=np.int32)
+        out = np.ascontiguousarray(a, dtype=np.float32 if d.name in REGRESSION else np.int32)
         out.setflags(write=False)
         return out
 
@@ -240,6 +257,34 @@ def _build(d) -> Dataset:
         x_val=finish(x_va), y_val=labels(y_va),
         x_test=finish(x_test), y_test=labels(y_test),
         num_classes=num_classes, mean=mean32, std=std32, name=str(d.name))
+
+
+def regression_teacher(config) -> dict:
+    """The slowly-changing regression's teacher network of ``config``'s
+    ``data.seed`` and ``data.num_features`` (:func:`deadjax.tasks.regression_teacher`)."""
+    from deadjax import tasks
+    d = _data_section(config)
+    key = tasks.task_key(int(d.seed), "slowly_changing_regression")
+    return tasks.regression_teacher(key, int(d.num_features))
+
+
+_TRAIN_SAMPLE_STREAM = 0x74726E73  # "trns"
+_TEST_SAMPLE_STREAM = 0x74737473   # "tsts"
+
+
+def _regression_raw(d):
+    """Task-0 samples of the slowly-changing regression: ``data.num_train`` and
+    ``data.num_test`` examples of the ``m`` input bits and their targets."""
+    from deadjax import tasks
+    key = tasks.task_key(int(d.seed), "slowly_changing_regression")
+    teacher = regression_teacher(d)
+    out = []
+    for n, stream in ((int(d.num_train), _TRAIN_SAMPLE_STREAM),
+                      (int(d.num_test), _TEST_SAMPLE_STREAM)):
+        x, y = tasks.regression_batch(key, teacher, jax.random.fold_in(key, stream), 0, n,
+                                      int(d.flipping_bits))
+        out += [np.asarray(x)[:, :-1], np.asarray(y)]
+    return tuple(out)
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -509,7 +554,7 @@ def num_train(config) -> int:
     d = _data_section(config)
     if d.name == "mnist1d":
         total = 4000
-    elif d.name == "random":
+    elif d.name in ("random",) + REGRESSION:
         total = int(d.num_train)
     else:
         return load(d).num_train

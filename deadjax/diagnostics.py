@@ -82,14 +82,12 @@ def probe_pass(pop, state, probe_x, probe_y) -> dict:
     ``logits``, the captures ``cap`` (``pre``, ``post``, ``dphi``, ``out``,
     ``affine`` per hidden layer), the parameter gradients ``gparams`` and
     ``deltas`` (dL/dz_l per hidden layer) of the mean probe loss."""
-    variables = pop._variables(state)
     logits_dtype = jax.tree.leaves(state.params)[0].dtype
     zeros = [jnp.zeros((probe_x.shape[0], w), logits_dtype) for w in pop.widths]
 
     def probe_loss(params, perturb):
-        v = dict(variables, params=params)
-        logits, cap = pop.model.apply(v, probe_x, state.hparams, perturb=perturb, capture=True)
-        return metrics.cross_entropy(logits, probe_y), (logits, cap)
+        logits, cap = pop.apply_model(state, probe_x, params, perturb=perturb, capture=True)
+        return pop.loss(logits, probe_y), (logits, cap)
 
     (_, (logits, cap)), (gparams, deltas) = jax.value_and_grad(
         probe_loss, argnums=(0, 1), has_aux=True)(state.params, zeros)

@@ -36,8 +36,7 @@ def member_bytes(pop) -> int:
     """Estimated device bytes of one member of a population."""
     cfg = pop.config
     seeds = jax.ShapeDtypeStruct((1,), np.int32)
-    from deadjax.population import hparams_of
-    hp = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), hparams_of([cfg]))
+    hp = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), pop.hparams_of([cfg]))
     state = jax.eval_shape(pop.init, seeds, hp)
     itemsize = 4
     widths = sum(pop.widths)

@@ -18,6 +18,11 @@ it. Per-member values (``sigma_w``, ``sigma_b``, ``leaky_slope``, ``dropout``)
 arrive as (traced) call arguments, never as module attributes, so one compiled
 program serves a whole population.
 
+``switched`` (activation reset, :mod:`deadjax.interventions`): one bool
+``(width,)`` mask per hidden layer; a switched unit computes
+``reset_activation`` (with slope ``hyper["reset_slope"]``) in place of phi,
+and so does its captured derivative.
+
 ``capture=True`` also returns, per hidden layer, the affine outputs ``W^T h + b``
 (``affine``), the pre-activations ``z_l`` (``pre``: what enters phi, after
 normalisation), the unit activations ``phi(z_l)`` (``post``), the derivatives
@@ -92,11 +97,13 @@ class MLP(nn.Module):
     bias_value: float = 0.0
     norm: str = "none"
     residual: bool = False
+    reset_activation: str = "leaky_relu"
 
     @nn.compact
     def __call__(self, x, hyper: Mapping[str, Any], *, train: bool = False,
-                 dropout_key=None, perturb=None, capture: bool = False):
+                 dropout_key=None, perturb=None, capture: bool = False, switched=None):
         act = activations.get(self.activation)
+        alt = activations.get(self.reset_activation)
         dense = dict(kernel_init=self.kernel_init, bias_init=self.bias_init,
                      init_mode=self.init_mode, init_gain=self.init_gain,
                      bias_value=self.bias_value)
@@ -124,10 +131,15 @@ class MLP(nn.Module):
             else:
                 slope = hyper["leaky_slope"]
             a = act.fn(z, slope)
+            if switched is not None:
+                a = jnp.where(switched[l], alt.fn(z, hyper["reset_slope"]), a)
             if capture:
+                dphi = act.derivative(z, slope)
+                if switched is not None:
+                    dphi = jnp.where(switched[l], alt.derivative(z, hyper["reset_slope"]), dphi)
                 cap["pre"].append(z)
                 cap["post"].append(a)
-                cap["dphi"].append(act.derivative(z, slope))
+                cap["dphi"].append(dphi)
             if train and dropout_key is not None:
                 a = inverted_dropout(jax.random.fold_in(dropout_key, l), hyper["dropout"], a)
             h = h + a if (self.residual and l > 0 and h.shape[-1] == width) else a
@@ -148,4 +160,6 @@ def from_config(config, num_outputs: int) -> MLP:
                kernel_init=initializers.check_kernel_init(m.kernel_init),
                bias_init=initializers.check_bias_init(m.bias_init),
                init_mode=m.init_mode, init_gain=float(m.init_gain),
-               bias_value=float(m.bias_value), norm=m.norm, residual=bool(m.residual))
+               bias_value=float(m.bias_value), norm=m.norm, residual=bool(m.residual),
+               reset_activation=activations.canonical(config.interventions.reset_activation,
+                                                      "interventions.reset_activation"))

@@ -184,7 +184,7 @@ def run_chunk(pop, group, chunk_index, members, data, workdir, swept, *, summari
     n = len(members)
     padded = members + [members[0]] * (size - n)
     seeds = np.asarray([p.config.seed for p in padded], np.int32)
-    hparams = pop_lib.hparams_of([p.config for p in padded])
+    hparams = pop.hparams_of([p.config for p in padded])
     state = pop.init(*sharding.shard_members((seeds, hparams)))
     total = cfg.train.steps
     ids = [p.id for p in members]
@@ -238,13 +238,16 @@ _POPULATIONS: dict = {}
 def population_for(group, dataset) -> pop_lib.Population:
     """The group's Population, built once per process: its compiled programs
     are reused by every chunk and by a rerun in the same process. Dropout
-    masks and the L2 term are compiled in only if some member needs them."""
+    masks, the L2 term and each intervention are compiled in only if some
+    member needs them."""
     uses_dropout = any(p.config.model.dropout > 0 for p in group.points)
     uses_l2 = any(p.config.optim.weight_decay > 0 for p in group.points)
-    key = (group.id, uses_dropout, uses_l2)
+    methods = pop_lib.group_interventions([p.config for p in group.points])
+    key = (group.id, uses_dropout, uses_l2, methods)
     if key not in _POPULATIONS:
         _POPULATIONS[key] = pop_lib.Population(group.config, dataset,
-                                               uses_dropout=uses_dropout, uses_l2=uses_l2)
+                                               uses_dropout=uses_dropout, uses_l2=uses_l2,
+                                               methods=methods)
     return _POPULATIONS[key]
 
 

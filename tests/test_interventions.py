@@ -105,3 +105,207 @@ def test_shrink_perturb_against_numpy():
         np.testing.assert_allclose(got, 0.5 * np.asarray(p) + 0.01 * eps, rtol=1e-6, atol=1e-7)
     same = interventions.shrink_perturb(params, key, 1.0, 0.0)
     jax.tree.map(np.testing.assert_array_equal, same, params)
+
+
+# --- continual backprop --------------------------------------------------------------
+
+def _cbp_numpy(params, fresh, state, hs, rate, maturity, decay, bias_correction=False):
+    """Independent float64 NumPy version of the continual-backprop step (one unit
+    at a time): returns (params, state, replaced, incoming/outgoing touched masks)."""
+    new = {k: {kk: np.array(vv) for kk, vv in v.items()} for k, v in params.items()}
+    touched = {k: {kk: np.zeros(np.shape(vv), bool) for kk, vv in v.items()}
+               for k, v in params.items()}
+    util = [np.array(u, np.float64) for u in state["utility"]]
+    age = [np.array(a, np.int64) for a in state["age"]]
+    pending = np.array(state["pending"], np.float64)
+    replaced = []
+    for l, h in enumerate(hs):          # every utility from the parameters as passed in
+        h = np.asarray(h, np.float64)
+        w_out = np.asarray(params[f"Dense_{l + 1}"]["kernel"], np.float64)
+        age[l] = age[l] + 1
+        for i in range(len(util[l])):
+            contribution = np.mean(np.abs(h[:, i])) * np.sum(np.abs(w_out[i, :]))
+            util[l][i] = decay * util[l][i] + (1 - decay) * contribution
+        eligible = [i for i in range(len(util[l])) if age[l][i] > maturity]
+        pending[l] += rate * len(eligible)
+        n = int(np.floor(pending[l]))
+        pending[l] -= n
+        score = lambda i: (util[l][i] / (1 - decay ** age[l][i]) if bias_correction
+                           else util[l][i])
+        chosen = sorted(eligible, key=lambda i: (score(i), i))[:n]
+        mask = np.zeros(len(util[l]), bool)
+        mask[chosen] = True
+        util[l][mask] = 0
+        age[l][mask] = 0
+        replaced.append(mask)
+    for l, mask in enumerate(replaced):  # layer by layer: a later layer's incoming wins
+        for i in np.flatnonzero(mask):
+            for name in (f"Dense_{l}", f"BatchNorm_{l}"):
+                for k in new.get(name, {}):
+                    if k == "kernel":
+                        new[name][k][:, i] = np.asarray(fresh[name][k])[:, i]
+                        touched[name][k][:, i] = True
+                    else:
+                        new[name][k][i] = np.asarray(fresh[name][k])[i]
+                        touched[name][k][i] = True
+            new[f"Dense_{l + 1}"]["kernel"][i, :] = 0
+            touched[f"Dense_{l + 1}"]["kernel"][i, :] = True
+    return new, {"utility": util, "age": age, "pending": pending}, replaced, touched
+
+
+def _moments(opt_state, params):
+    structure = jax.tree.structure(params)
+    is_moment = lambda x: jax.tree.structure(x) == structure
+    leaves = jax.tree.leaves(opt_state, is_leaf=is_moment)
+    return ([x for x in leaves if is_moment(x)],
+            [np.asarray(x) for x in leaves if not is_moment(x)])
+
+
+@pytest.mark.parametrize("name,norm,bias_correction", [("adam", False, False),
+                                                       ("adam", True, True),
+                                                       ("momentum", False, True),
+                                                       ("momentum", True, False)])
+def test_continual_backprop_against_numpy(name, norm, bias_correction):
+    """Several steps: utilities, ages and the carried fraction follow the rule,
+    exactly the lowest-score mature units are recycled (never an immature one)
+    and nothing else in params or optimiser state changes, bit for bit."""
+    tx = {"adam": optax.adam(1e-2), "momentum": optax.sgd(1e-2, momentum=0.9)}[name]
+    sizes, widths = (5, 6, 7, 3), (6, 7)
+    rate, maturity, decay = 0.25, 2.0, 0.9
+    params = _params(np.random.default_rng(0), sizes, norm=norm)
+    opt_state = tx.init(params)
+    state = interventions.init_cbp_state(widths)
+    ref_state = {k: [np.asarray(x) for x in v] if isinstance(v, tuple) else np.asarray(v)
+                 for k, v in state.items()}
+    step = jax.jit(lambda p, o, f, s, h: interventions.continual_backprop(
+        p, o, f, s, h, replacement_rate=rate, maturity=maturity, decay=decay,
+        bias_correction=bias_correction))
+    counts = []
+    for t in range(8):
+        rng = np.random.default_rng(100 + t)
+        grads = _params(rng, sizes, norm=norm)
+        updates, opt_state = tx.update(grads, opt_state, params)   # the training step
+        params = optax.apply_updates(params, updates)
+        fresh = _params(rng, sizes, norm=norm)
+        hs = [jnp.asarray(np.abs(rng.normal(size=(4, w))), jnp.float32) for w in widths]
+        ages_before = [np.asarray(a) for a in state["age"]]
+        new, new_opt, state, replaced = step(params, opt_state, fresh, state, hs)
+        want, ref_state, want_rep, touched = _cbp_numpy(params, fresh, ref_state, hs, rate,
+                                                        maturity, decay, bias_correction)
+        for got_r, want_r, a in zip(replaced, want_rep, ages_before):
+            np.testing.assert_array_equal(got_r, want_r)
+            assert (a[np.asarray(got_r)] + 1 > maturity).all()      # only mature units
+        jax.tree.map(np.testing.assert_array_equal, new, want)
+        for got_u, want_u in zip(state["utility"], ref_state["utility"]):
+            np.testing.assert_allclose(got_u, want_u, rtol=1e-5, atol=1e-7)
+        for got_a, want_a in zip(state["age"], ref_state["age"]):
+            assert got_a.dtype == jnp.int32
+            np.testing.assert_array_equal(got_a, want_a)
+        np.testing.assert_allclose(state["pending"], ref_state["pending"], atol=1e-6)
+        old_m, old_rest = _moments(opt_state, params)
+        new_m, new_rest = _moments(new_opt, params)
+        assert len(new_m) == {"adam": 2, "momentum": 1}[name]
+        for old, got in zip(old_m, new_m):
+            for o, g, m in zip(jax.tree.leaves(old), jax.tree.leaves(got),
+                               jax.tree.leaves(touched)):
+                np.testing.assert_array_equal(np.asarray(g), np.where(m, 0, np.asarray(o)))
+        for a, b in zip(new_rest, old_rest):                          # counts
+            np.testing.assert_array_equal(a, b)
+        counts.append([int(np.sum(r)) for r in replaced])
+        params, opt_state = new, new_opt
+    # ages 1, 2 immature; from step 3 on the carried fraction yields recycling
+    assert counts[:2] == [[0, 0], [0, 0]] and sum(map(sum, counts)) >= 6, counts
+
+
+def test_continual_backprop_utility_formula():
+    """One step from zero state: u = (1 - η) mean_b|h| Σ_k |W_{l+1}[i, k]|, the last
+    hidden layer using the output kernel; ages 1; nothing mature, nothing replaced."""
+    params = _params(np.random.default_rng(0))
+    hs = [jnp.asarray(np.random.default_rng(1).normal(size=(5, w)), jnp.float32)
+          for w in (3, 4)]
+    _, _, state, replaced = interventions.continual_backprop(
+        params, optax.adam(1e-2).init(params), params, interventions.init_cbp_state((3, 4)),
+        hs, replacement_rate=1.0, maturity=1.0, decay=0.99)
+    for l, h in enumerate(hs):
+        w = np.asarray(params[f"Dense_{l + 1}"]["kernel"])
+        want = 0.01 * np.abs(np.asarray(h)).mean(0) * np.abs(w).sum(1)
+        np.testing.assert_allclose(state["utility"][l], want, rtol=1e-5)
+        np.testing.assert_array_equal(state["age"][l], 1)
+        assert not np.asarray(replaced[l]).any()
+
+
+def test_continual_backprop_carries_the_fraction():
+    """ρU = 0.03 · 10 = 0.3 per step: one replacement on steps 4 and 7."""
+    sizes = (5, 10, 2)
+    params = _params(np.random.default_rng(0), sizes)
+    fresh = _params(np.random.default_rng(1), sizes)
+    opt_state = optax.adam(1e-2).init(params)
+    state = interventions.init_cbp_state((10,))
+    h = [jnp.asarray(np.abs(np.random.default_rng(2).normal(size=(3, 10))), jnp.float32)]
+    got = []
+    for _ in range(8):
+        params, opt_state, state, replaced = interventions.continual_backprop(
+            params, opt_state, fresh, state, h, replacement_rate=0.03, maturity=0.0,
+            decay=0.99)
+        got.append(int(np.sum(replaced[0])))
+    assert got == [0, 0, 0, 1, 0, 0, 1, 0]
+    np.testing.assert_allclose(state["pending"], [0.4], atol=1e-5)
+
+
+def test_continual_backprop_rate_zero_is_identity():
+    tx = optax.sgd(1e-2, momentum=0.9)
+    params = _params(np.random.default_rng(0), norm=True)
+    fresh = _params(np.random.default_rng(1), norm=True)
+    _, opt_state = tx.update(_params(np.random.default_rng(2), norm=True), tx.init(params),
+                             params)
+    state = interventions.init_cbp_state((3, 4))
+    hs = [jnp.asarray(np.random.default_rng(3).normal(size=(6, w)), jnp.float32)
+          for w in (3, 4)]
+    p, o = params, opt_state
+    for _ in range(4):
+        p, o, state, replaced = interventions.continual_backprop(
+            p, o, fresh, state, hs, replacement_rate=0.0, maturity=0.0, decay=0.99)
+        assert not any(np.asarray(r).any() for r in replaced)
+    jax.tree.map(np.testing.assert_array_equal, p, params)
+    jax.tree.map(np.testing.assert_array_equal, o, opt_state)
+    for a in state["age"]:
+        np.testing.assert_array_equal(a, 4)      # bookkeeping still runs
+
+
+def test_continual_backprop_vmaps_over_members():
+    """Three members with their own rate, maturity and decay, jitted and vmapped,
+    equal each member alone, over several steps."""
+    tx = optax.adam(1e-2)
+    members = [_params(np.random.default_rng(s)) for s in range(3)]
+    fresh = [_params(np.random.default_rng(10 + s)) for s in range(3)]
+    states = [tx.init(p) for p in members]
+    cbps = [interventions.init_cbp_state((3, 4)) for _ in range(3)]
+    hps = dict(replacement_rate=np.array([0.0, 0.2, 0.5], np.float32),
+               maturity=np.array([0.0, 1.0, 2.0], np.float32),
+               decay=np.array([0.9, 0.99, 0.5], np.float32))
+    stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)
+    pop = jax.jit(jax.vmap(lambda p, o, f, c, h, r, m, d: interventions.continual_backprop(
+        p, o, f, c, h, replacement_rate=r, maturity=m, decay=d)))
+    carry = (stack(members), stack(states), stack(cbps))
+    alone = [(members[s], states[s], cbps[s]) for s in range(3)]
+    total = 0
+    for t in range(5):
+        hs = [[jnp.asarray(np.random.default_rng(100 * t + s).normal(size=(6, w)), jnp.float32)
+               for w in (3, 4)] for s in range(3)]
+        out = pop(carry[0], carry[1], stack(fresh), carry[2], stack(hs), *hps.values())
+        for s in range(3):
+            one = interventions.continual_backprop(
+                *alone[s][:2], fresh[s], alone[s][2], hs[s],
+                **{k: v[s] for k, v in hps.items()})
+            mine = jax.tree.map(lambda a: a[s], out)
+            for k in (0, 1, 3):        # params, optimiser state, masks: bit for bit
+                jax.tree.map(np.testing.assert_array_equal, mine[k], one[k])
+            for k in ("age", "pending"):
+                jax.tree.map(np.testing.assert_array_equal, mine[2][k], one[2][k])
+            # utilities: up to the last bit of a float32 reduction (fused differently)
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+                         mine[2]["utility"], one[2]["utility"])
+            alone[s] = one[:3]
+        total += sum(int(np.sum(r)) for r in out[3])
+        carry = out[:3]
+    assert total > 0
