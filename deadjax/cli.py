@@ -83,9 +83,8 @@ class Progress:
 def summary_table(workdir, limit: int = 40) -> str:
     frame = results.load_results(workdir)
     last = frame.sort_values("step").groupby("point").tail(1).sort_values("point")
-    swept = [c for c in frame.columns if c not in results.ID_COLUMNS and "/" not in c
-             and c not in ("diverged", "diverged_step", "output_constant", "born_dead",
-                           "grad_norm_ratio")]
+    swept = [c for c in frame.columns
+             if c not in results.ID_COLUMNS and not results.is_metric(c)]
     cols = ["point"] + swept + ["step", "test/accuracy", "test/loss", "diverged"]
     cols = [c for c in cols if c in last.columns]
     shown = last[cols].head(limit)

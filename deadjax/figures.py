@@ -39,8 +39,6 @@ BAND_TEXT = "line: mean over seeds; band: min–max over seeds; n = seeds per co
 DEAD_DEFINITION = ("dead unit: φ'(z_j(x)) = 0 on every probe input x "
                    "(|φ'| ≤ θ·max|φ'| for diagnostics.dead_threshold θ > 0)")
 FINAL_TEXT = "final = value at each point's last evaluated step"
-_NON_METRIC_NAMES = ("diverged", "diverged_step", "output_constant", "born_dead",
-                     "grad_norm_ratio")
 _MAX_LEGEND = 12
 
 
@@ -50,8 +48,7 @@ _MAX_LEGEND = 12
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """The metric columns: ``family/where`` names and the few flat ones (DESIGN.md)."""
-    return [c for c in frame.columns
-            if c not in results.ID_COLUMNS and ("/" in c or c in _NON_METRIC_NAMES)]
+    return [c for c in frame.columns if results.is_metric(c)]
 
 
 def swept_fields(frame: pd.DataFrame) -> list[str]:

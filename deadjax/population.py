@@ -13,6 +13,13 @@ dataset shapes) and its two compiled programs:
 - ``evaluate(state, data)``: ``train_chunk`` with no steps to take (the
   evaluation at step 0), the same compiled program.
 
+Within the loop, after each step: the member's intervention
+(``interventions.method``: continual backprop every step, activation reset,
+ReDo and shrink-and-perturb every ``interventions.every`` steps; masked per
+member, docs/interventions.md), and for non-stationary data every step learns
+the task of its step (``data.task``, or the slowly-changing regression's
+stream; docs/data.md), the evaluation measures the task of the last step.
+
 A member whose training loss is non-finite is marked diverged at that step and
 stops updating: its parameters and statistics stay those that gave the
 non-finite loss; the others train on. Parameters are checked for non-finite
@@ -405,7 +412,8 @@ class Population:
     def _periodic_interventions(self, state: MemberState, data: dict):
         """Activation reset, ReDo and shrink-and-perturb, for the members that
         use them, on the probe batch of the task just trained on."""
-        probe_x = self.task_view(data, self.evaluated_task(state.step[0]))["probe_x"]
+        probe = {k: data[k] for k in ("probe_x", "probe_y")}
+        probe_x = self.task_view(probe, self.evaluated_task(state.step[0]))["probe_x"]
         cfg = self.config
 
         def member(s):

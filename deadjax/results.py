@@ -21,6 +21,14 @@ import pandas as pd
 
 RESULTS = "results.parquet"
 ID_COLUMNS = ("point", "group", "step")
+# Metric columns whose names have no "family/where" slash (DESIGN.md).
+FLAT_METRICS = ("diverged", "diverged_step", "output_constant", "born_dead",
+                "grad_norm_ratio", "task")
+
+
+def is_metric(column: str) -> bool:
+    """Whether a results-table column is a metric (else an id or a swept field)."""
+    return column not in ID_COLUMNS and ("/" in column or column in FLAT_METRICS)
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -128,10 +136,7 @@ def load_results(workdir) -> pd.DataFrame:
     frame = pd.concat(frames, ignore_index=True, sort=False)
     frame = frame.drop_duplicates(subset=["point", "step"], keep="last")
     head = [c for c in ID_COLUMNS if c in frame.columns]
-    metric_cols = [c for c in frame.columns if "/" in c or c in ("diverged", "diverged_step",
-                                                                 "output_constant",
-                                                                 "born_dead",
-                                                                 "grad_norm_ratio")]
+    metric_cols = [c for c in frame.columns if is_metric(c)]
     swept = [c for c in frame.columns if c not in head and c not in metric_cols]
     frame = frame[head + swept + sorted(metric_cols)]
     return frame.sort_values(["point", "step"], kind="stable").reset_index(drop=True)

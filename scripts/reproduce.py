@@ -3,7 +3,7 @@
     python scripts/reproduce.py NAME [--quick] [--workdir runs/NAME] [--figures figures/NAME]
 
 NAME is one of mnist1d, glorot2010, he2015, ioffe2015, lu2019, schoenholz2017,
-seed_remedies (docs/reproductions.md). The
+seed_remedies, plasticity (docs/reproductions.md). The
 sweeps run (or resume) into the workdir; PNG figures and ``summary.json`` (each
 check's published number, its source, ours, the tolerance and the verdict) go
 to the figures folder. ``--quick`` is a scaled-down run of a minute or two on

@@ -67,6 +67,11 @@ def test_seed_remedies_quick(tmp_path):
     _run_quick("seed_remedies", tmp_path)
 
 
+@pytest.mark.slow
+def test_plasticity_quick(tmp_path):
+    _run_quick("plasticity", tmp_path)
+
+
 def test_unknown_name_is_refused():
     with pytest.raises(ValueError, match="unknown"):
         reproductions.module("nope")

@@ -184,15 +184,20 @@ def test_costly_statistics_at_full_evaluations_only(tmp_path):
 
 
 def test_workdir_from_before_a_field_existed_resumes(tmp_path):
-    """A config.json written before diagnostics.full_every existed reads as
-    holding the default, and the group keeps its id: the rerun with more steps
+    """A config.json written before the fields of config.ADDED_FIELDS existed
+    (diagnostics.full_every, the task and intervention fields) reads as holding
+    their defaults, and the group keeps its id: the rerun with more steps
     resumes instead of refusing the workdir or training a second group."""
     import json
+    from deadjax.config import ADDED_FIELDS
     points = sweep.product({"seed": [0, 1]})
     runner.run_sweep(tiny_config(), points, tmp_path, tensorboard=False)
     path = tmp_path / "config.json"
     record = json.loads(path.read_text())
-    del record["config"]["diagnostics"]["full_every"]
+    for field in ADDED_FIELDS:
+        section, leaf = field.split(".")
+        del record["config"][section][leaf]
+    record["config"].pop("interventions")  # a whole section added later
     path.write_text(json.dumps(record))
     runner.run_sweep(tiny_config(train__steps=30), points, tmp_path, tensorboard=False)
     frame = deadjax.load_results(tmp_path)

@@ -116,11 +116,15 @@ def sweep(base: ml_collections.ConfigDict, points: Sequence[dict], workdir: Path
     return frame
 
 
+def experiment_path(name: str) -> Path:
+    """``experiments/NAME.py`` of this checkout."""
+    return Path(__file__).resolve().parents[2] / "experiments" / f"{name}.py"
+
+
 def experiment_config(name: str) -> ml_collections.ConfigDict:
     """``get_config()`` of ``experiments/NAME.py``, the recipe a reproduction
     starts from."""
-    path = Path(__file__).resolve().parents[2] / "experiments" / f"{name}.py"
-    return sweep_lib.load_experiment(path)[0]
+    return sweep_lib.load_experiment(experiment_path(name))[0]
 
 
 def final_rows(frame: pd.DataFrame) -> pd.DataFrame:
