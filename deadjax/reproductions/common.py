@@ -131,9 +131,9 @@ def final_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return figures.final_rows(frame).reset_index(drop=True)
 
 
-def save(fig, figdir: Path, name: str) -> Path:
+def save(fig, figdir: Path, name: str, colors: int | None = None) -> Path:
     path = Path(figdir) / name
-    figures.save_png(fig, path)
+    figures.save_png(fig, path, colors)
     return path
 
 

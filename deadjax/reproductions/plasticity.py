@@ -289,7 +289,7 @@ def _late_error_check(frame: pd.DataFrame, setup: str):
 
 def _figure(frame: pd.DataFrame, setup: str, figdir: Path, quick: bool) -> None:
     s = settings(setup, quick)
-    fig = common.figure(15.0, 4.2)
+    fig = common.figure(12.5, 3.8)
     axes = fig.subplots(1, 3)
     error = ("online loss (MSE)" if setup == "regression" else "online error (1 - accuracy)")
     panels = ((error_metric(setup), False, f"{error} per task"),
@@ -300,7 +300,8 @@ def _figure(frame: pd.DataFrame, setup: str, figdir: Path, quick: bool) -> None:
         for k, m in enumerate(METHODS):
             c = curve[curve["interventions.method"] == m].sort_values("task")
             ax.plot(c["task"], c["mean"], color=f"C{k}", label=LABEL[m], linewidth=1.2)
-            ax.fill_between(c["task"], c["min"], c["max"], color=f"C{k}", alpha=0.15)
+            if metric == "dead_fraction/all":  # bands on the noisy error panels hide the lines
+                ax.fill_between(c["task"], c["min"], c["max"], color=f"C{k}", alpha=0.15)
         ax.set_xlabel("task")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -315,5 +316,6 @@ def _figure(frame: pd.DataFrame, setup: str, figdir: Path, quick: bool) -> None:
         trend = ("Dohare et al. 2024 Ext. Data Fig. 2: plain backprop's error rises; "
                  "continual backprop's stays low.")
     fig.suptitle(title)
-    common.caption(fig, f"line: mean over {s['seeds']} seeds; band: min-max. {trend}")
-    common.save(fig, figdir, f"{setup}.png")
+    common.caption(fig, f"line: mean over {s['seeds']} seeds; band (dead fraction): min-max "
+                   f"over seeds. {trend}")
+    common.save(fig, figdir, f"{setup}.png", colors=128)
