@@ -49,16 +49,6 @@ def unit_parameter_masks(params, masks: Sequence[jax.Array]):
     return incoming, outgoing
 
 
-def take_incoming(params, fresh_params, masks: Sequence[jax.Array]):
-    """``params`` with the incoming parameters of the units in ``masks`` taken
-    from ``fresh_params`` (everything else bit for bit as it was). The trainer
-    applies an intervention with ``fresh_params = params`` first, to learn
-    which units it resets, and draws the fresh parameters (the costly part)
-    only when some member resets one."""
-    incoming, _ = unit_parameter_masks(params, masks)
-    return jax.tree.map(lambda p, f, i: jnp.where(i, f, p), params, fresh_params, incoming)
-
-
 def params_like_subtrees(opt_state, params, fn):
     """``opt_state`` with ``fn`` applied to every subtree shaped like
     ``params`` (same tree structure): Adam's moments, a momentum trace,
@@ -94,11 +84,8 @@ def redo(params, opt_state, fresh_params, activations: Sequence[jax.Array], tau:
     Returns ``(params, opt_state, reset)`` with ``reset`` the per-layer bool
     masks of the recycled units."""
     reset = [metrics.dormant_units(h, tau) for h in activations]
-    incoming, outgoing = unit_parameter_masks(params, reset)
-    params = jax.tree.map(lambda p, f, i, o: jnp.where(i, f, jnp.where(o, 0, p)),
-                          params, fresh_params, incoming, outgoing)
-    either = jax.tree.map(jnp.logical_or, incoming, outgoing)
-    return params, reset_optimizer_entries(opt_state, either), reset
+    params, opt_state = replace_units(params, opt_state, fresh_params, reset)
+    return params, opt_state, reset
 
 
 def shrink_perturb(params, key, shrink: float, noise: float):
@@ -235,6 +222,20 @@ def continual_backprop(params, opt_state, fresh_params, cbp_state,
       ``replacement_rate = 0`` (the reference then skips them; nothing is
       replaced either way).
     """
+    state, replaced = cbp_select(params, cbp_state, activations,
+                                 replacement_rate=replacement_rate, maturity=maturity,
+                                 decay=decay, bias_correction=bias_correction)
+    params, opt_state = replace_units(params, opt_state, fresh_params, replaced)
+    return params, opt_state, state, replaced
+
+
+def cbp_select(params, cbp_state, activations: Sequence[jax.Array], *, replacement_rate,
+               maturity, decay, bias_correction: bool = False):
+    """The bookkeeping half of :func:`continual_backprop`: ``(cbp_state,
+    replaced)`` with utilities and ages updated (replaced units' reset to 0)
+    and the per-layer masks of the units to replace; parameters untouched.
+    The trainer runs it every step and :func:`replace_units` only at steps
+    where some member replaces a unit."""
     rate = jnp.asarray(replacement_rate, jnp.float32)
     mat = jnp.asarray(maturity, jnp.float32)
     eta = jnp.asarray(decay, jnp.float32)
@@ -256,9 +257,16 @@ def continual_backprop(params, opt_state, fresh_params, cbp_state,
         ages.append(jnp.where(rep, 0, age).astype(jnp.int32))
         pending.append(c - n)
         replaced.append(rep)
-    incoming, outgoing = unit_parameter_masks(params, replaced)
+    state = {"utility": tuple(utilities), "age": tuple(ages), "pending": jnp.stack(pending)}
+    return state, tuple(replaced)
+
+
+def replace_units(params, opt_state, fresh_params, masks: Sequence[jax.Array]):
+    """``(params, opt_state)`` with the units of ``masks`` re-initialised: incoming
+    parameters from ``fresh_params``, outgoing weights 0 (the fresh value wins
+    where a weight is both), every optimiser entry of both reset to 0."""
+    incoming, outgoing = unit_parameter_masks(params, masks)
     params = jax.tree.map(lambda p, f, i, o: jnp.where(i, f, jnp.where(o, jnp.zeros_like(p), p)),
                           params, fresh_params, incoming, outgoing)
     either = jax.tree.map(jnp.logical_or, incoming, outgoing)
-    state = {"utility": tuple(utilities), "age": tuple(ages), "pending": jnp.stack(pending)}
-    return params, reset_optimizer_entries(opt_state, either), state, tuple(replaced)
+    return params, reset_optimizer_entries(opt_state, either)

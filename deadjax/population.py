@@ -376,32 +376,31 @@ class Population:
 
     def _continual_backprop(self, state: MemberState, acts):
         """Continual backprop (Dohare et al. 2024) after every step, for the
-        members that use it: utilities and ages updated, mature low-utility
-        units replaced. The fresh draw of the initialiser, the costly part, is
-        made only at steps where some member replaces a unit."""
+        members that use it: utilities and ages updated every step; the units
+        chosen are re-initialised (with a fresh draw of the initialiser, the
+        costly part) only at steps where some member replaces one."""
         on = self._uses(state, "continual_backprop")
 
-        def member(s, a, use):
+        def select(s, a, use):
             hp = s.hparams
-            params, opt_state, cbp, replaced = interventions.continual_backprop(
-                s.params, s.opt_state, s.params, s.interventions["cbp"], a,
-                replacement_rate=hp["replacement_rate"], maturity=hp["maturity"],
-                decay=hp["utility_decay"])
+            cbp, replaced = interventions.cbp_select(
+                s.params, s.interventions["cbp"], a, replacement_rate=hp["replacement_rate"],
+                maturity=hp["maturity"], decay=hp["utility_decay"])
+            cbp = jax.tree.map(lambda n, o: jnp.where(use, n, o), cbp, s.interventions["cbp"])
             replaced = tuple(r & use for r in replaced)
-            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(use, n, o), new, old)
-            return s.replace(params=keep(params, s.params),
-                             opt_state=keep(opt_state, s.opt_state),
-                             interventions=self._count(
-                                 dict(s.interventions, cbp=keep(cbp, s.interventions["cbp"])),
-                                 replaced)), replaced
+            inter = self._count(dict(s.interventions, cbp=cbp), replaced)
+            return s.replace(interventions=inter), replaced
 
-        state, replaced = jax.vmap(member)(state, acts, on)
+        state, replaced = jax.vmap(select)(state, acts, on)
 
-        def refill(s):
-            return jax.vmap(lambda m, r: m.replace(params=interventions.take_incoming(
-                m.params, self._fresh_params(m), r)))(s, replaced)
+        def replace(s):
+            def member(m, r):
+                params, opt_state = interventions.replace_units(
+                    m.params, m.opt_state, self._fresh_params(m), r)
+                return m.replace(params=params, opt_state=opt_state)
+            return jax.vmap(member)(s, replaced)
 
-        return jax.lax.cond(jnp.any(jnp.stack([r.any() for r in replaced])), refill,
+        return jax.lax.cond(jnp.any(jnp.stack([r.any() for r in replaced])), replace,
                             lambda s: s, state)
 
     def _count(self, inter: dict, units) -> dict:

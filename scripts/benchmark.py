@@ -18,6 +18,11 @@ Sections (``--only``):
 ``diagnostics``
     the same at population 64 with diagnostics on (default ``diagnostics.*``,
     ``train.eval_every = 100``) against off.
+``interventions``
+    each ``interventions.method`` on every member of a population of 64 seed
+    MLPs (``interventions.every = 100``, diagnostics off) against ``none``:
+    the cost of continual backprop's per-step bookkeeping and of the
+    periodic probe pass and fresh draws of the others.
 ``io``
     a 64-seed sweep through ``runner.run_sweep`` with TensorBoard on: the time
     spent writing results, histograms, summaries and checkpoints against the
@@ -65,7 +70,8 @@ def parse_args(argv=None):
                    help="cap on population x steps per timed chunk (big populations then "
                         "time fewer steps); default 6400 (cpu), none (gpu)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--only", choices=("core", "diagnostics", "io"), action="append",
+    p.add_argument("--only", choices=("core", "diagnostics", "interventions", "io"),
+                   action="append",
                    help="run only this section (repeatable); default all")
     p.add_argument("--precision", choices=("highest", "tf32", "bf16"), default="highest")
     p.add_argument("--loop-members", type=int, default=4,
@@ -88,7 +94,7 @@ def parse_args(argv=None):
     args.steps = args.steps or (1000 if gpu else 200)
     if args.member_steps is None:
         args.member_steps = 0 if gpu else 6400
-    args.only = args.only or ["core", "diagnostics", "io"]
+    args.only = args.only or ["core", "diagnostics", "interventions", "io"]
     return args
 
 
@@ -276,6 +282,36 @@ def diagnostics_overhead(args) -> str:
             f"{'within' if cost <= 0.10 else 'ABOVE'} the 10% budget)")
 
 
+def interventions_overhead(args) -> str:
+    """Every member using one intervention against none, ``interventions.every
+    = 100`` and ``train.eval_every = 100``: a timed interval of 100 steps holds
+    one application of the periodic methods and 100 of continual backprop."""
+    from deadjax.config import INTERVENTIONS
+    population, every, chunks = args.diag_population, 100, 2
+    runners, compiles = {}, {}
+    for method in INTERVENTIONS:
+        cfg = bm.seed_config(eval_every=every, steps=10 ** 6, diagnostics=False,
+                             precision=args.precision, max_population=population)
+        cfg.interventions.method = method
+        cfg.interventions.every = every
+        pop, state, data = bm.deadjax_population(cfg, population)
+        prog, compiles[method] = compile_timed(pop.chunk_program, state, data,
+                                               jnp.int32(every), jnp.bool_(False))
+        runners[method] = Runner(prog, state, data, stop_after=every, full=(False,))
+    times = interleaved(runners, args.repeats, calls=chunks)
+    work = population * every * chunks
+    rows = []
+    for method, ts in times.items():
+        costs = [t / base - 1 for t, base in zip(ts, times["none"])]
+        rows.append(f"| {method} | {bm.median([work / t for t in ts]):,.0f} | "
+                    f"{100 * bm.median(costs):+.1f}% | {compiles[method]:.1f} |")
+    return (f"population {population}, every member using the method, "
+            f"interventions.every = {every}, {chunks} intervals of {every} steps per timing "
+            f"(each ending in an evaluation without diagnostics), {args.repeats} repeats\n\n"
+            "| interventions.method | member-steps/s | time vs none (median) | compile s |\n"
+            "|---|---:|---:|---:|\n" + "\n".join(rows))
+
+
 # --------------------------------------------------------------------------
 # Summaries and checkpoints overhead
 # --------------------------------------------------------------------------
@@ -426,6 +462,9 @@ def main(argv=None):
             print(core_table(rows) + "\n", flush=True)
         if "diagnostics" in args.only:
             print("## Diagnostics overhead\n\n" + diagnostics_overhead(args) + "\n",
+                  flush=True)
+        if "interventions" in args.only:
+            print("## Interventions overhead\n\n" + interventions_overhead(args) + "\n",
                   flush=True)
         if "io" in args.only:
             print("## Summaries and checkpoints overhead\n\n" + io_overhead(args) + "\n",
