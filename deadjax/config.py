@@ -263,6 +263,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if d.task != "stationary":
             raise ConfigError(f"data.task = {d.task!r} is not allowed for data.name = "
                               f"{d.name!r}, which changes by itself; use 'stationary'.")
+        if d.batch_size == 0:
+            raise ConfigError(f"data.batch_size = 0 is not allowed for data.name = "
+                              f"{d.name!r}; a stream has no full batch (use 1 or more).")
     if d.name in ("mnist", "fashion_mnist") and not d.path:
         raise ConfigError(f"data.path = {d.path!r} is not allowed for data.name = "
                           f"{d.name!r}; give the folder that holds the downloaded files.")

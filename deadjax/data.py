@@ -68,10 +68,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deadjax.config import ConfigError
+from deadjax.config import ConfigError, REGRESSION_DATASETS as REGRESSION
 
-DATASETS = ("mnist1d", "random", "mnist", "fashion_mnist", "slowly_changing_regression")
-REGRESSION = ("slowly_changing_regression",)
+DATASETS = ("mnist1d", "random", "mnist", "fashion_mnist") + REGRESSION
 ORDERS = ("shuffle", "sequential", "shared")
 
 # A training std below this counts as a constant feature: it is divided by 1.

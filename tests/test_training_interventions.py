@@ -234,6 +234,8 @@ def test_regression_stream_metrics_equal_numpy():
      "data.flipping_bits = 15"),
     ({"train__loss": "mse"}, "train.loss = 'mse' is not allowed for data.name = 'random'"),
     ({"data__task": "rotated"}, "data.task = 'rotated'"),
+    ({"data__name": "slowly_changing_regression", "train__loss": "mse",
+      "data__flipping_bits": 5, "data__batch_size": 0}, "data.batch_size = 0"),
     ({"data__task_every": 0}, "data.task_every = 0"),
     ({"interventions__method": "redo", "model__widths": ()}, "model.widths = ()"),
     ({"interventions__reset_activation": "prelu"}, "interventions.reset_activation"),
