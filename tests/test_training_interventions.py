@@ -244,3 +244,44 @@ def test_regression_stream_metrics_equal_numpy():
 def test_bad_fields_are_refused_in_one_sentence(fields, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate(tiny_config(**fields))
+
+
+def test_activation_reset_switches_exactly_the_dead_units():
+    """A hand-made member whose hidden units 1 and 3 of layer 0 are dead on
+    every probe input (bias -100): the periodic step switches exactly those
+    two to leaky ReLU, touches no parameter or optimiser entry, and the
+    switched network computes leaky ReLU on them (NumPy forward)."""
+    base = _base(interventions__method="activation_reset", interventions__reset_slope=0.1,
+                 diagnostics__enabled=False)
+    ds = data.load(base)
+    pop = Population(base, ds)
+    dd = device_data(ds, data.probe_indices(base))
+    state = pop.init(np.zeros(1, np.int32), pop.hparams_of([base]))
+    params = jax.tree.map(np.array, jax.device_get(state.params))
+    params["Dense_0"]["bias"][0, [1, 3]] = -100.0
+    state = state.replace(params=jax.tree.map(jnp.asarray, params),
+                          step=jnp.full((1,), 10, jnp.int32))
+    after = jax.device_get(pop._periodic_interventions(state, dd))
+    switched = [np.asarray(w[0]) for w in after.interventions["switched"]]
+    np.testing.assert_array_equal(np.flatnonzero(switched[0]), [1, 3])
+    # Every layer: switched = dead (z <= 0 on every probe input) in the ReLU network.
+    h = np.asarray(dd["probe_x"])
+    for l in range(len(base.model.widths)):
+        z = h @ params[f"Dense_{l}"]["kernel"][0] + params[f"Dense_{l}"]["bias"][0]
+        np.testing.assert_array_equal(switched[l], np.all(z <= 0, axis=0))
+        h = np.maximum(z, 0)
+    np.testing.assert_array_equal(np.asarray(after.interventions["units_reset"])[0],
+                                  [w.sum() for w in switched])
+    for name in ("params", "opt_state", "batch_stats"):
+        jax.tree.map(np.testing.assert_array_equal, getattr(after, name),
+                     jax.device_get(getattr(state, name)))
+    # The switched member's forward pass, against NumPy.
+    member = _member(after, 0)
+    x = np.asarray(dd["probe_x"])
+    logits = pop.apply_model(member, jnp.asarray(x))
+    h = x
+    for l in range(len(base.model.widths)):
+        z = h @ member.params[f"Dense_{l}"]["kernel"] + member.params[f"Dense_{l}"]["bias"]
+        h = np.where(switched[l], np.where(z > 0, z, 0.1 * z), np.maximum(z, 0))
+    ref = h @ member.params["Dense_2"]["kernel"] + member.params["Dense_2"]["bias"]
+    np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
