@@ -83,7 +83,8 @@ published trend is *not reproduced* at this scale. Pilots (2 seeds, 40
 tasks, Adam at 3e-2, measured): plain's online accuracy falls from 0.42 to
 0.375 with 60% of its units dead; shrink and perturb keeps 0.42; ReDo at
 τ = 0.1 recycles a third of the network every 100 steps and falls to 0.20
-(at τ = 0, only units dead on the probe batch: 0.375, as plain); continual
+(at τ = 0.025: 0.36; at τ = 0, only units dead on the probe batch: 0.375,
+as plain); continual
 backprop at ρ = 1e-3 0.37, at ρ = 1e-2 0.17; activation reset 0.35. Units
 that are recycled die again within 100 steps at that step size.
 """
