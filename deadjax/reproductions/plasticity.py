@@ -252,10 +252,14 @@ def _relative_error_check(frame: pd.DataFrame):
         "last-fifth ratio > first-fifth ratio", p5 / q5 > p1 / q1)
 
 
+def _late(frame: pd.DataFrame, metric: str) -> tuple[float, dict]:
+    """Plain's and each intervention's mean of ``metric`` over the last block."""
+    curve = per_task(frame, metric)
+    return _fifths(curve, "none")[1], {m: _fifths(curve, m)[1] for m in METHODS[1:]}
+
+
 def _fewer_dead_check(frame: pd.DataFrame, setup: str):
-    dead = per_task(frame, "dead_fraction/all")
-    _, plain, _ = _fifths(dead, "none")
-    late = {m: _fifths(dead, m)[1] for m in METHODS[1:]}
+    plain, late = _late(frame, "dead_fraction/all")
     return common.claim(
         f"{setup}: every intervention leaves fewer dead units than plain ReLU",
         "remedies that re-initialise, switch or perturb units reduce dead units",
@@ -269,9 +273,7 @@ def _late_error_check(frame: pd.DataFrame, setup: str):
     """At least two interventions lower plain's late online error by a margin
     well outside the seed-to-seed noise of a block mean: 0.01 of error rate
     (permuted), 10% of the loss (regression)."""
-    curve = per_task(frame, error_metric(setup))
-    _, plain, _ = _fifths(curve, "none")
-    late = {m: _fifths(curve, m)[1] for m in METHODS[1:]}
+    plain, late = _late(frame, error_metric(setup))
     if setup == "regression":
         what, rule, lower = "online loss", ">= 2 of the 4 interventions below 0.9 x plain", \
             {m: v <= 0.9 * plain for m, v in late.items()}
