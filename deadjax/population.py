@@ -392,15 +392,22 @@ class Population:
             return s.replace(interventions=inter), replaced
 
         state, replaced = jax.vmap(select)(state, acts, on)
+        return self._reinitialise(state, replaced)
 
+    def _reinitialise(self, state: MemberState, masks):
+        """Every member's units of ``masks`` (per layer, leading member axis)
+        re-initialised (:func:`deadjax.interventions.replace_units` with a
+        fresh draw of the member's initialiser), under a population-level
+        ``lax.cond``: the draw and the passes over parameters and optimiser
+        state are made only where some member has a unit to re-initialise."""
         def replace(s):
             def member(m, r):
                 params, opt_state = interventions.replace_units(
                     m.params, m.opt_state, self._fresh_params(m), r)
                 return m.replace(params=params, opt_state=opt_state)
-            return jax.vmap(member)(s, replaced)
+            return jax.vmap(member)(s, masks)
 
-        return jax.lax.cond(jnp.any(jnp.stack([r.any() for r in replaced])), replace,
+        return jax.lax.cond(jnp.any(jnp.stack([r.any() for r in masks])), replace,
                             lambda s: s, state)
 
     def _count(self, inter: dict, units) -> dict:
@@ -418,6 +425,7 @@ class Population:
         def member(s):
             _, cap = self.apply_model(s, probe_x, capture=True)
             hp = s.hparams
+            recycle = tuple(jnp.zeros((w,), bool) for w in self.widths)
             if "activation_reset" in self.methods:
                 use = self._uses(s, "activation_reset")
                 dead = [metrics.dead_units(d, self.activation.max_derivative,
@@ -426,25 +434,24 @@ class Population:
                 switched = tuple(w | n for w, n in zip(s.interventions["switched"], newly))
                 s = s.replace(interventions=self._count(
                     dict(s.interventions, switched=switched), newly))
-            if "redo" in self.methods:
+            if "redo" in self.methods:  # interventions.redo, its re-initialisation below
                 use = self._uses(s, "redo")
-                params, opt_state, reset = interventions.redo(
-                    s.params, s.opt_state, self._fresh_params(s), cap["post"], hp["redo_tau"])
-                keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(use, n, o), new, old)
-                s = s.replace(params=keep(params, s.params),
-                              opt_state=keep(opt_state, s.opt_state),
-                              interventions=self._count(s.interventions,
-                                                        [r & use for r in reset]))
+                recycle = tuple(metrics.dormant_units(h, hp["redo_tau"]) & use
+                                for h in cap["post"])
+                s = s.replace(interventions=self._count(s.interventions, recycle))
             if "shrink_perturb" in self.methods:
                 use = self._uses(s, "shrink_perturb")
                 key = jax.random.fold_in(jax.random.fold_in(s.key, _PERTURB_STREAM), s.step)
                 params = interventions.shrink_perturb(s.params, key, hp["shrink"], hp["noise"])
                 s = s.replace(params=jax.tree.map(lambda n, o: jnp.where(use, n, o),
                                                   params, s.params))
-            return s
+            return s, recycle
 
         with jax.default_matmul_precision("float32"):
-            return jax.vmap(member)(state)
+            state, recycle = jax.vmap(member)(state)
+        if "redo" in self.methods:
+            state = self._reinitialise(state, recycle)
+        return state
 
     # -------------------------------------------------------------- regression
     def _regression_batch(self, key, task):
