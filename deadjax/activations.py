@@ -58,7 +58,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from deadjax.config import ConfigError
+from deadjax.errors import ConfigError
 
 SELU_LAMBDA = 1.0507009873554804934193349852946
 SELU_ALPHA = 1.6732632423543772848170429916717

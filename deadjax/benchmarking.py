@@ -5,8 +5,8 @@ The benchmark compares three ways of training ``P`` members of the seed MLP
 (784-128-128-10 ReLU, He-normal, batch 128, Adam 1e-3, ``random`` data,
 ``shuffle`` order) for the same number of steps from the same initial state:
 
-- **deadjax**: :meth:`deadjax.population.Population.train_chunk`, the program
-  sweeps run (``lax.scan`` of the vmapped step, then the evaluation);
+- **deadjax**: :meth:`deadjax.population.Compiled.train_chunk`, the program
+  sweeps run (a ``fori_loop`` of the vmapped step, then the evaluation);
 - **hand-written**: ``jax.jit(lax.scan(jax.vmap(step)))`` of a pure ``jnp``
   MLP with ``optax.adam`` and the same batch rule (:class:`Handwritten`);
 - **loop**: the members one after another, each with the hand-written step
@@ -99,13 +99,15 @@ def flops_per_member_step(features: int, widths: Sequence[int], classes: int,
 # --------------------------------------------------------------------------
 
 def deadjax_population(config, population: int):
-    """``(pop, state, data)``: the Population, its initial state and device data."""
+    """``(compiled, state, data)``: the group's compiled programs
+    (:func:`deadjax.population.compiled`), its initial state and device data."""
     dataset = data_lib.load(config)
-    pop = pop_lib.Population(config, dataset)
     configs = member_configs(config, population)
-    state = pop.init(np.arange(population, dtype=np.int32), pop.hparams_of(configs))
-    data = pop_lib.device_data(dataset, data_lib.probe_indices(config))
-    return pop, state, data
+    compiled = pop_lib.compiled(pop_lib.spec_for(configs, dataset))
+    state = compiled.init(np.arange(population, dtype=np.int32),
+                          compiled.program.hparams_of(configs))
+    data = data_lib.device_data(dataset, data_lib.probe_indices(config))
+    return compiled, state, data
 
 
 # --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import time
 from ml_collections import config_flags
 
 from deadjax import results, runner, sharding, sweep as sweep_lib
-from deadjax.config import ConfigError
+from deadjax.errors import ConfigError
 
 EXIT_BAD_CONFIG = 2
 

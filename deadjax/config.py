@@ -1,152 +1,238 @@
-"""The experiment config: every field, its default, and its validation.
+"""The experiment config: every field declared once, and its validation.
 
 An experiment file (``experiments/NAME.py``) starts from :func:`default_config`
 and changes what it needs. :func:`validate` checks a resolved point before
 anything compiles or touches the workdir, and raises :class:`ConfigError` with
 one sentence naming the field, the value and what is allowed.
 
-Fields are either *per-member* (traced arrays with a leading member axis, so a
-sweep over them is one population) or *static* (points that differ in them are
-different groups, each its own compiled program). ``PER_MEMBER_FIELDS`` lists
-the former; every other field is static.
+Every field is one :class:`deadjax.fields.Field` in :data:`BASE_FIELDS` below,
+or in the entry of the remedy that uses it (``interventions.REMEDIES``);
+:func:`all_fields` is the whole list. The default config, the per-member
+fields, the hyperparameters a member's state holds, the fields added after
+workdirs existed and the run-length fields are all derived from it, so adding
+a field is one declaration::
+
+    Field("optim.beta2", 0.999, "Adam's second-moment decay",
+          check=real(0.0, 1.0, high_open=True), per_member=True, hparam="beta2",
+          added="2026-12-01")
+
+Per-member fields (``per_member=True``) are traced arrays with a leading
+member axis, so a sweep over them is one population; every other field is
+static: points that differ in one are different groups, each its own compiled
+program.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import ml_collections
 
-# Fields whose values are traced per member (DESIGN.md, "The one idea").
-PER_MEMBER_FIELDS = (
-    "seed",
-    "optim.learning_rate",
-    "optim.weight_decay",
-    "optim.momentum",
-    "model.sigma_w",
-    "model.sigma_b",
-    "model.leaky_slope",
-    "model.dropout",
-    "interventions.method",
-    "interventions.redo_tau",
-    "interventions.reset_slope",
-    "interventions.shrink",
-    "interventions.noise",
-    "interventions.replacement_rate",
-    "interventions.maturity",
-    "interventions.utility_decay",
+from deadjax import activations, data, diagnostics, initializers, interventions, optim, tasks
+from deadjax.errors import ConfigError
+from deadjax.fields import Field, allowed, boolean, integer, number, one_of, real, text
+
+__all__ = ["ConfigError", "Field", "BASE_FIELDS", "all_fields", "field", "default_config",
+           "validate", "get_field", "set_field", "flatten", "per_member_fields",
+           "added_fields", "run_length_fields", "hparam_fields", "PER_MEMBER_FIELDS",
+           "ADDED_FIELDS", "RUN_LENGTH_FIELDS", "INTERVENTIONS", "TASKS",
+           "REGRESSION_DATASETS"]
+
+# Registries other modules own, re-exported under their old names.
+TASKS = tasks.DATA_TASKS
+REGRESSION_DATASETS = data.REGRESSION_DATASETS
+
+ADDED_2026_11_27 = "2026-11-27"   # full evaluations, non-stationary tasks, interventions
+
+
+def _widths(f, v):
+    if not isinstance(v, (tuple, list)) or any(
+            isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in v):
+        raise ConfigError(f"{f} = {v!r} is not allowed; it must be a "
+                          "tuple of positive integers (() is a linear model).")
+
+
+def _dormant_taus(f, v):
+    if not isinstance(v, (tuple, list)) or not v:
+        raise ConfigError(f"{f} = {v!r} is not allowed; "
+                          "it must be a non-empty tuple of numbers >= 0.")
+    for tau in v:
+        number(f, tau, low=0.0)
+
+
+def _families(f, v):
+    for fam in v:
+        allowed(f, fam, diagnostics.FAMILY_NAMES)
+
+
+def _method_index(name: str) -> float:
+    return float(interventions.names().index(name))
+
+
+BASE_FIELDS: tuple[Field, ...] = (
+    Field("seed", 0, "the member's seed (init, dropout and batch-order keys)",
+          integer(low=0), per_member=True),
+    # ---------------------------------------------------------------- data
+    Field("data.name", "mnist1d", "dataset: " + ", ".join(data.DATASETS) + " (docs/data.md)",
+          one_of(data.DATASETS)),
+    Field("data.seed", 0, "seed of synthetic data, the validation split and the probe batch",
+          integer(low=0)),
+    Field("data.path", "", "folder with downloaded dataset files (mnist, fashion_mnist)",
+          text()),
+    Field("data.num_train", 1000, "training examples of the random dataset (and the "
+          "regression stream's evaluation sample)", integer(low=2)),
+    Field("data.num_test", 1000, "test examples of the random dataset", integer(low=1)),
+    Field("data.num_features", 784, "input features of the random dataset (input bits of "
+          "the regression stream)", integer(low=1)),
+    Field("data.num_classes", 10, "classes of the random dataset", integer(low=2)),
+    Field("data.val_fraction", 0.1, "share of training data held out for val/* metrics",
+          real(0.0, 1.0, high_open=True)),
+    Field("data.batch_size", 128, "examples per training batch; 0 means full batch",
+          integer(low=0, what="(0 means full batch)")),
+    Field("data.order", "shuffle", "batch order: shuffle (epochs without replacement, per "
+          "member), sequential (the MNIST-1D recipe), shared (every member sees the same "
+          "batches)", one_of(data.ORDERS)),
+    Field("data.standardize", True, "per-feature standardisation with training statistics",
+          boolean()),
+    Field("data.task", "stationary", "non-stationary variant: " + ", ".join(tasks.DATA_TASKS),
+          one_of(tasks.DATA_TASKS), added=ADDED_2026_11_27),
+    Field("data.task_every", 1000, "training steps per task (non-stationary data)",
+          integer(low=1), added=ADDED_2026_11_27),
+    Field("data.flipping_bits", 15, "slowly-changing regression: how many input bits flip, "
+          "one every data.task_every steps", added=ADDED_2026_11_27),
+    # --------------------------------------------------------------- model
+    Field("model.widths", (128, 128), "hidden widths; () is logistic regression", _widths),
+    Field("model.activation", "relu", "activation (docs/metrics.md, deadjax.activations)",
+          lambda f, v: activations.get(v, field=f)),
+    Field("model.leaky_slope", 0.01, "negative slope of leaky_relu", real(),
+          per_member=True, hparam="leaky_slope"),
+    Field("model.kernel_init", "he_normal", "kernel initialiser (deadjax.initializers)",
+          lambda f, v: initializers.check_kernel_init(v, field=f)),
+    Field("model.bias_init", "zeros", "bias initialiser: zeros, constant, standard, mean_field",
+          lambda f, v: initializers.check_bias_init(v, field=f)),
+    Field("model.init_mode", "fan_in", "fan of He and LeCun initialisers: fan_in or fan_out",
+          one_of(("fan_in", "fan_out"))),
+    Field("model.init_gain", 1.0, "std multiplier of every random kernel initialiser",
+          real(0.0, low_open=True)),
+    Field("model.bias_value", 0.0, "value of constant biases", real()),
+    Field("model.sigma_w", 1.0, "mean-field weight scale: W ~ N(0, sigma_w^2 / fan_in)",
+          real(0.0), per_member=True, hparam="sigma_w"),
+    Field("model.sigma_b", 0.0, "mean-field bias scale: b ~ N(0, sigma_b^2)",
+          real(0.0), per_member=True, hparam="sigma_b"),
+    Field("model.norm", "none", "normalisation before the activation: none, batch, layer",
+          one_of(("none", "batch", "layer"))),
+    Field("model.dropout", 0.0, "inverted dropout rate", real(0.0, 1.0, high_open=True),
+          per_member=True, hparam="dropout"),
+    Field("model.residual", False, "h_l = h_{l-1} + a_l between hidden layers of equal width",
+          boolean()),
+    # --------------------------------------------------------------- optim
+    Field("optim.name", "adam", "optimiser: " + ", ".join(optim.OPTIMIZERS),
+          one_of(optim.OPTIMIZERS)),
+    Field("optim.learning_rate", 1e-3, "peak learning rate", real(0.0, low_open=True),
+          per_member=True, hparam="learning_rate"),
+    Field("optim.weight_decay", 0.0, "decoupled for adamw, an L2 penalty in the loss for "
+          "the others", real(0.0), per_member=True, hparam="weight_decay"),
+    Field("optim.momentum", 0.9, "momentum of momentum, nesterov and rmsprop",
+          real(0.0, 1.0, high_open=True), per_member=True, hparam="momentum"),
+    Field("optim.schedule", "constant", "learning-rate schedule: " + ", ".join(optim.SCHEDULES),
+          one_of(optim.SCHEDULES)),
+    Field("optim.warmup_steps", 0, "linear warm-up steps of warmup_cosine", integer(low=0)),
+    Field("optim.clip_norm", 0.0, "global-norm gradient clipping when > 0",
+          real(0.0, what="(0 means no clipping)")),
+    # --------------------------------------------------------------- train
+    Field("train.steps", 1000, "training steps; 0 evaluates the initialisation alone",
+          integer(low=0), run_length=True),
+    Field("train.eval_every", 100, "steps between evaluations", integer(low=1)),
+    Field("train.checkpoint_every", 1000, "steps between checkpoints", integer(low=1)),
+    Field("train.keep_checkpoints", 3, "checkpoints kept per chunk", integer(low=1)),
+    Field("train.max_population", 256, "members per compiled chunk", integer(low=1)),
+    Field("train.memory_budget_gb", 0.0, "device memory per chunk; chooses the chunk size "
+          "when > 0", real(0.0, what="(0 means chunks of train.max_population members)")),
+    Field("train.loss", "cross_entropy", "cross_entropy; mse for the regression dataset",
+          one_of(("cross_entropy", "mse"))),
+    Field("train.precision", "highest", "matmul precision of training: highest (float32), "
+          "tf32, bf16", one_of(("highest", "tf32", "bf16"))),
+    Field("train.eval_batch_size", 4096, "examples per slice of an evaluation's forward pass",
+          integer(low=1)),
+    # --------------------------------------------------------- diagnostics
+    Field("diagnostics.enabled", True, "diagnostics at every evaluation", boolean()),
+    Field("diagnostics.probe_size", 1024, "training inputs of the probe batch", integer(low=1)),
+    Field("diagnostics.dormant_taus", (0.0, 0.025, 0.1), "thresholds tau of dormant_ratio",
+          _dormant_taus),
+    Field("diagnostics.dead_threshold", 0.0, "a unit is dead where |phi'| <= this times "
+          "sup|phi'| on every probe input (0: exact)", real(0.0, 1.0, high_open=True)),
+    Field("diagnostics.saturation_threshold", 0.01, "saturated where |phi'| < this times "
+          "sup|phi'|", real(0.0, 1.0, low_open=True, high_open=True)),
+    Field("diagnostics.jacobian_probe_size", 8, "probe inputs of the Jacobian singular "
+          "values", integer(low=1)),
+    Field("diagnostics.families", diagnostics.FAMILY_NAMES, "diagnostic families computed "
+          "(deadjax.diagnostics.FAMILIES)", _families),
+    Field("diagnostics.histogram_bins", 41, "bins of the stored histograms", integer(low=2)),
+    Field("diagnostics.full_every", 20, "percentiles, Jacobian, rank and histograms every "
+          "this many evaluations (and at the first and last)", integer(low=1),
+          added=ADDED_2026_11_27),
+    # ------------------------------------------------------- interventions
+    Field("interventions.method", "none", "remedy applied during training (per member): "
+          "none or a name of deadjax.interventions.REMEDIES",
+          one_of(interventions.names), per_member=True, hparam="intervention",
+          encode=_method_index, added=ADDED_2026_11_27),
+    Field("interventions.every", 100, "steps between periodic remedies (all but continual "
+          "backprop)", integer(low=1), added=ADDED_2026_11_27),
 )
 
-# Fields that may differ between a workdir's config and a rerun without making
-# it another experiment (DESIGN.md: "anything but run length").
-RUN_LENGTH_FIELDS = ("train.steps",)
+
+def all_fields() -> tuple[Field, ...]:
+    """Every config field: :data:`BASE_FIELDS` and each registered remedy's."""
+    return BASE_FIELDS + interventions.remedy_fields()
 
 
-# Fields added after workdirs existed. A workdir's config.json without one
-# reads as if it held the default, and a group's id leaves the field out while
-# it has its default, so those workdirs keep their groups, checkpoints and
-# results (sweep.group_points, runner.check_same_experiment).
-ADDED_FIELDS = ("diagnostics.full_every", "data.task", "data.task_every",
-                "data.flipping_bits", "interventions.method", "interventions.every",
-                "interventions.redo_tau", "interventions.reset_activation",
-                "interventions.reset_slope", "interventions.shrink", "interventions.noise",
-                "interventions.replacement_rate", "interventions.maturity",
-                "interventions.utility_decay")
-
-# Remedies that act during training (deadjax.interventions); "none" is off.
-INTERVENTIONS = ("none", "activation_reset", "redo", "continual_backprop", "shrink_perturb")
-
-# Non-stationary variants of a classification dataset (deadjax.tasks).
-TASKS = ("stationary", "permuted_inputs", "shuffled_labels")
-
-# Datasets whose targets are real numbers (train.loss = "mse").
-REGRESSION_DATASETS = ("slowly_changing_regression",)
+def field(name: str) -> Field:
+    """The declaration of one field; KeyError for an unknown name."""
+    for f in all_fields():
+        if f.name == name:
+            return f
+    raise KeyError(name)
 
 
-class ConfigError(ValueError):
-    """A config value that is not allowed; the message is one sentence for the user."""
+def per_member_fields() -> tuple[str, ...]:
+    return tuple(f.name for f in all_fields() if f.per_member)
+
+
+def added_fields() -> tuple[str, ...]:
+    return tuple(f.name for f in all_fields() if f.added)
+
+
+def run_length_fields() -> tuple[str, ...]:
+    return tuple(f.name for f in all_fields() if f.run_length)
+
+
+def hparam_fields(with_remedies: bool) -> tuple[Field, ...]:
+    """The per-member fields a member's state holds in ``MemberState.hparams``.
+
+    The ``interventions.*`` ones are there only in groups where some member
+    uses a remedy, so groups without one keep their state and checkpoints."""
+    return tuple(f for f in all_fields() if f.hparam is not None
+                 and (with_remedies or f.section != "interventions"))
+
+
+# Derived lists under the names other modules and older code use.
+# (Code that must see remedies registered later calls the functions.)
+PER_MEMBER_FIELDS = per_member_fields()
+ADDED_FIELDS = added_fields()
+RUN_LENGTH_FIELDS = run_length_fields()
+INTERVENTIONS = interventions.names()
 
 
 def default_config() -> ml_collections.ConfigDict:
     """Every config field with its default (DESIGN.md, "Config fields")."""
     c = ml_collections.ConfigDict()
-    c.seed = 0
-
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "mnist1d"
-    c.data.seed = 0
-    c.data.path = ""
-    c.data.num_train = 1000
-    c.data.num_test = 1000
-    c.data.num_features = 784
-    c.data.num_classes = 10
-    c.data.val_fraction = 0.1
-    c.data.batch_size = 128
-    c.data.order = "shuffle"
-    c.data.standardize = True
-    c.data.task = "stationary"
-    c.data.task_every = 1000
-    c.data.flipping_bits = 15
-
-    c.model = ml_collections.ConfigDict()
-    c.model.widths = (128, 128)
-    c.model.activation = "relu"
-    c.model.leaky_slope = 0.01
-    c.model.kernel_init = "he_normal"
-    c.model.bias_init = "zeros"
-    c.model.init_mode = "fan_in"
-    c.model.init_gain = 1.0
-    c.model.bias_value = 0.0
-    c.model.sigma_w = 1.0
-    c.model.sigma_b = 0.0
-    c.model.norm = "none"
-    c.model.dropout = 0.0
-    c.model.residual = False
-
-    c.optim = ml_collections.ConfigDict()
-    c.optim.name = "adam"
-    c.optim.learning_rate = 1e-3
-    c.optim.weight_decay = 0.0
-    c.optim.momentum = 0.9
-    c.optim.schedule = "constant"
-    c.optim.warmup_steps = 0
-    c.optim.clip_norm = 0.0
-
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 1000
-    c.train.eval_every = 100
-    c.train.checkpoint_every = 1000
-    c.train.keep_checkpoints = 3
-    c.train.max_population = 256
-    c.train.memory_budget_gb = 0.0
-    c.train.loss = "cross_entropy"
-    c.train.precision = "highest"
-    c.train.eval_batch_size = 4096
-
-    c.diagnostics = ml_collections.ConfigDict()
-    c.diagnostics.enabled = True
-    c.diagnostics.probe_size = 1024
-    c.diagnostics.dormant_taus = (0.0, 0.025, 0.1)
-    c.diagnostics.dead_threshold = 0.0
-    c.diagnostics.saturation_threshold = 0.01
-    c.diagnostics.jacobian_probe_size = 8
-    c.diagnostics.families = ("dead", "dormant", "saturation", "gradients",
-                              "signal", "jacobian", "rank", "output")
-    c.diagnostics.histogram_bins = 41
-    c.diagnostics.full_every = 20
-
-    c.interventions = ml_collections.ConfigDict()
-    c.interventions.method = "none"
-    c.interventions.every = 100
-    c.interventions.redo_tau = 0.1
-    c.interventions.reset_activation = "leaky_relu"
-    c.interventions.reset_slope = 0.01
-    c.interventions.shrink = 0.9
-    c.interventions.noise = 0.01
-    c.interventions.replacement_rate = 1e-4
-    c.interventions.maturity = 100
-    c.interventions.utility_decay = 0.99
+    for f in all_fields():
+        node = c
+        for part in f.section.split(".") if f.section else ():
+            if part not in node:
+                node[part] = ml_collections.ConfigDict()
+            node = node[part]
+        node[f.name.rsplit(".", 1)[-1]] = f.default
     return c
 
 
@@ -182,16 +268,8 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> Non
         value = tuple(value)
     if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    with node.unlocked() if hasattr(node, "unlocked") else _null():
+    with node.unlocked():
         node[leaf] = value
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
@@ -211,55 +289,13 @@ def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, An
 # Validation
 # --------------------------------------------------------------------------
 
-def _allowed(field: str, value: Any, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{field} = {value!r} is not allowed; choose one of "
-                          f"{', '.join(repr(a) for a in allowed)}.")
-
-
-def _number(field: str, value: Any, *, low=None, high=None, low_open=False,
-            high_open=False, integer=False, what="") -> None:
-    ok_type = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_type) or (
-            not integer and not math.isfinite(value)):
-        kind = "an integer" if integer else "a finite number"
-        raise ConfigError(f"{field} = {value!r} is not allowed; it must be {kind}"
-                          f"{' ' + what if what else ''}.")
-    bad = ((low is not None and (value <= low if low_open else value < low)) or
-           (high is not None and (value >= high if high_open else value > high)))
-    if bad:
-        lo = "" if low is None else ("(" if low_open else "[") + f"{low}, "
-        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
-        rng = (f"in {lo}{hi}" if low is not None and high is not None else
-               (f"{'>' if low_open else '>='} {low}" if low is not None else
-                f"{'<' if high_open else '<='} {high}"))
-        raise ConfigError(f"{field} = {value!r} is not allowed; it must be {rng}"
-                          f"{' ' + what if what else ''}.")
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks every field of one resolved point; raises ConfigError on the first bad one."""
-    from deadjax import activations, data, initializers, optim  # registries
-
-    _number("seed", config.seed, low=0, integer=True)
-    d = config.data
-    _allowed("data.name", d.name, data.DATASETS)
-    _number("data.seed", d.seed, low=0, integer=True)
-    _number("data.num_train", d.num_train, low=2, integer=True)
-    _number("data.num_test", d.num_test, low=1, integer=True)
-    _number("data.num_features", d.num_features, low=1, integer=True)
-    _number("data.num_classes", d.num_classes, low=2, integer=True)
-    _number("data.val_fraction", d.val_fraction, low=0.0, high=1.0, high_open=True)
-    _number("data.batch_size", d.batch_size, low=0, integer=True,
-            what="(0 means full batch)")
-    _allowed("data.order", d.order, ("shuffle", "sequential", "shared"))
-    _allowed("data.task", d.task, TASKS)
-    _number("data.task_every", d.task_every, low=1, integer=True)
+def _data_rules(c) -> None:
+    d = c.data
     if d.name in REGRESSION_DATASETS:
-        _number("data.num_features", d.num_features, low=2, integer=True,
-                what=f"(input bits of {d.name})")
-        _number("data.flipping_bits", d.flipping_bits, low=1, high=d.num_features,
-                integer=True, what="(at most data.num_features)")
+        number("data.num_features", d.num_features, low=2, integer=True,
+               what=f"(input bits of {d.name})")
+        number("data.flipping_bits", d.flipping_bits, low=1, high=d.num_features,
+               integer=True, what="(at most data.num_features)")
         if d.task != "stationary":
             raise ConfigError(f"data.task = {d.task!r} is not allowed for data.name = "
                               f"{d.name!r}, which changes by itself; use 'stationary'.")
@@ -270,90 +306,40 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"data.path = {d.path!r} is not allowed for data.name = "
                           f"{d.name!r}; give the folder that holds the downloaded files.")
 
-    m = config.model
-    if not isinstance(m.widths, (tuple, list)) or any(
-            isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in m.widths):
-        raise ConfigError(f"model.widths = {m.widths!r} is not allowed; it must be a "
-                          "tuple of positive integers (() is a linear model).")
-    activations.get(m.activation, field="model.activation")
-    _number("model.leaky_slope", m.leaky_slope)
-    initializers.check_kernel_init(m.kernel_init, field="model.kernel_init")
-    initializers.check_bias_init(m.bias_init, field="model.bias_init")
-    _allowed("model.init_mode", m.init_mode, ("fan_in", "fan_out"))
-    _number("model.init_gain", m.init_gain, low=0.0, low_open=True)
-    _number("model.bias_value", m.bias_value)
-    _number("model.sigma_w", m.sigma_w, low=0.0)
-    _number("model.sigma_b", m.sigma_b, low=0.0)
-    _allowed("model.norm", m.norm, ("none", "batch", "layer"))
-    _number("model.dropout", m.dropout, low=0.0, high=1.0, high_open=True)
-    if not isinstance(m.residual, bool):
-        raise ConfigError(f"model.residual = {m.residual!r} is not allowed; it must be "
-                          "True or False.")
 
-    o = config.optim
-    _allowed("optim.name", o.name, optim.OPTIMIZERS)
-    _number("optim.learning_rate", o.learning_rate, low=0.0, low_open=True)
-    _number("optim.weight_decay", o.weight_decay, low=0.0)
-    _number("optim.momentum", o.momentum, low=0.0, high=1.0, high_open=True)
-    _allowed("optim.schedule", o.schedule, optim.SCHEDULES)
-    _number("optim.warmup_steps", o.warmup_steps, low=0, integer=True)
-    _number("optim.clip_norm", o.clip_norm, low=0.0, what="(0 means no clipping)")
-
-    t = config.train
-    _number("train.steps", t.steps, low=0, integer=True)
-    _number("train.eval_every", t.eval_every, low=1, integer=True)
-    _number("train.checkpoint_every", t.checkpoint_every, low=1, integer=True)
-    _number("train.max_population", t.max_population, low=1, integer=True)
-    _number("train.keep_checkpoints", t.keep_checkpoints, low=1, integer=True)
-    _number("train.memory_budget_gb", t.memory_budget_gb, low=0.0,
-            what="(0 means chunks of train.max_population members)")
-    _allowed("train.loss", t.loss, ("cross_entropy", "mse"))
-    wanted = "mse" if d.name in REGRESSION_DATASETS else "cross_entropy"
+def _train_rules(c) -> None:
+    t = c.train
+    wanted = "mse" if c.data.name in REGRESSION_DATASETS else "cross_entropy"
     if t.loss != wanted:
         raise ConfigError(f"train.loss = {t.loss!r} is not allowed for data.name = "
-                          f"{d.name!r}; its targets need {wanted!r}.")
-    _allowed("train.precision", t.precision, ("highest", "tf32", "bf16"))
-    _number("train.eval_batch_size", t.eval_batch_size, low=1, integer=True)
+                          f"{c.data.name!r}; its targets need {wanted!r}.")
     if t.checkpoint_every % t.eval_every:
         raise ConfigError(f"train.checkpoint_every = {t.checkpoint_every} is not allowed; "
                           f"it must be a multiple of train.eval_every = {t.eval_every}.")
 
-    g = config.diagnostics
-    if not isinstance(g.enabled, bool):
-        raise ConfigError(f"diagnostics.enabled = {g.enabled!r} is not allowed; it must "
-                          "be True or False.")
-    _number("diagnostics.probe_size", g.probe_size, low=1, integer=True)
-    _number("diagnostics.jacobian_probe_size", g.jacobian_probe_size, low=1, integer=True)
-    _number("diagnostics.dead_threshold", g.dead_threshold, low=0.0, high=1.0,
-            high_open=True)
-    _number("diagnostics.saturation_threshold", g.saturation_threshold, low=0.0,
-            high=1.0, low_open=True, high_open=True)
-    _number("diagnostics.histogram_bins", g.histogram_bins, low=2, integer=True)
-    _number("diagnostics.full_every", g.full_every, low=1, integer=True)
-    if not isinstance(g.dormant_taus, (tuple, list)) or not g.dormant_taus:
-        raise ConfigError(f"diagnostics.dormant_taus = {g.dormant_taus!r} is not allowed; "
-                          "it must be a non-empty tuple of numbers >= 0.")
-    for tau in g.dormant_taus:
-        _number("diagnostics.dormant_taus", tau, low=0.0)
-    from deadjax import metrics
-    for fam in g.families:
-        _allowed("diagnostics.families", fam, metrics.DIAGNOSTIC_FAMILIES)
 
-    v = config.interventions
-    _allowed("interventions.method", v.method, INTERVENTIONS)
-    _number("interventions.every", v.every, low=1, integer=True)
-    _number("interventions.redo_tau", v.redo_tau, low=0.0)
-    alt = activations.get(v.reset_activation, field="interventions.reset_activation")
-    if alt.learnable_slope:
-        raise ConfigError(f"interventions.reset_activation = {v.reset_activation!r} is not "
-                          "allowed; a switched unit has no learnable slope (use leaky_relu).")
-    _number("interventions.reset_slope", v.reset_slope)
-    _number("interventions.shrink", v.shrink, low=0.0)
-    _number("interventions.noise", v.noise, low=0.0)
-    _number("interventions.replacement_rate", v.replacement_rate, low=0.0, high=1.0)
-    _number("interventions.maturity", v.maturity, low=0, integer=True)
-    _number("interventions.utility_decay", v.utility_decay, low=0.0, high=1.0,
-            high_open=True)
-    if v.method != "none" and not m.widths:
+def _intervention_rules(c) -> None:
+    v = c.interventions
+    if v.method != "none" and not c.model.widths:
         raise ConfigError(f"interventions.method = {v.method!r} is not allowed for "
                           "model.widths = (); a linear model has no hidden units.")
+
+
+# Checks that involve several fields, run after the fields of their section.
+SECTION_RULES = {"data": _data_rules, "train": _train_rules,
+                 "interventions": _intervention_rules}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks every field of one resolved point, section by section in
+    declaration order (each field's own check, then the section's rules);
+    raises ConfigError on the first bad one."""
+    sections: dict[str, list[Field]] = {}
+    for f in all_fields():
+        sections.setdefault(f.section.split(".")[0], []).append(f)
+    for section, fields in sections.items():
+        for f in fields:
+            if f.check is not None:
+                f.check(f.name, get_field(config, f.name))
+        if section in SECTION_RULES:
+            SECTION_RULES[section](config)

@@ -68,17 +68,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deadjax.config import ConfigError, REGRESSION_DATASETS as REGRESSION
+from deadjax import tasks
+from deadjax.errors import ConfigError
 
+# Datasets whose targets are real numbers (train.loss = "mse").
+REGRESSION_DATASETS = ("slowly_changing_regression",)
+REGRESSION = REGRESSION_DATASETS
 DATASETS = ("mnist1d", "random", "mnist", "fashion_mnist") + REGRESSION
 ORDERS = ("shuffle", "sequential", "shared")
 
 # A training std below this counts as a constant feature: it is divided by 1.
 STD_EPSILON = 1e-6
 
-# Constants that separate the random streams derived from data.seed.
+# The constant that separates the probe batch's random stream from data.seed.
 _PROBE_STREAM = 0x70726F62   # "prob"
-_SHARED_STREAM = 0x73686172  # "shar"
 
 # Accepted file names for mnist / fashion_mnist (both datasets use the same IDX
 # names, so each dataset needs its own folder, or one of SUBFOLDERS below).
@@ -261,7 +264,6 @@ def _build(d) -> Dataset:
 def regression_teacher(config) -> dict:
     """The slowly-changing regression's teacher network of ``config``'s
     ``data.seed`` and ``data.num_features`` (:func:`deadjax.tasks.regression_teacher`)."""
-    from deadjax import tasks
     d = _data_section(config)
     key = tasks.task_key(int(d.seed), "slowly_changing_regression")
     return tasks.regression_teacher(key, int(d.num_features))
@@ -274,7 +276,6 @@ _TEST_SAMPLE_STREAM = 0x74737473   # "tsts"
 def _regression_raw(d):
     """Task-0 samples of the slowly-changing regression: ``data.num_train`` and
     ``data.num_test`` examples of the ``m`` input bits and their targets."""
-    from deadjax import tasks
     key = tasks.task_key(int(d.seed), "slowly_changing_regression")
     teacher = regression_teacher(d)
     out = []
@@ -618,9 +619,10 @@ def probe_batch(config) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 def shared_key(config) -> jax.Array:
-    """The key of ``data.order = "shared"``: derived from ``data.seed`` only."""
+    """The key of ``data.order = "shared"``: ``PRNGKey(data.seed)``, so it
+    depends on the data config only."""
     d = _data_section(config)
-    return jax.random.fold_in(jax.random.PRNGKey(int(d.seed)), _SHARED_STREAM)
+    return jax.random.PRNGKey(int(d.seed))
 
 
 def _mulmod(s, b: int, n: int):
@@ -686,6 +688,48 @@ def batch_indices(step, *, num_train: int, batch_size: int, order: str,
     return jax.lax.dynamic_slice(perm, (i * b,), (b,)).astype(jnp.int32)
 
 
-def device_arrays(dataset: Dataset) -> dict[str, jax.Array]:
-    """The splits as JAX arrays on the default device."""
-    return {k: jnp.asarray(v) for k, v in dataset.splits().items()}
+@dataclasses.dataclass(frozen=True)
+class BatchPlan:
+    """The static part of a group's batching: :func:`batch_indices`'s
+    arguments but the step and the member's key, and the dtype of stream
+    batches."""
+
+    num_train: int
+    batch_size: int
+    order: str
+    seed: int            # data.seed, whose key orders "shared" batches
+
+    @classmethod
+    def of(cls, config, num_train: int) -> "BatchPlan":
+        d = config.data
+        return cls(int(num_train), int(d.batch_size), str(d.order), int(d.seed))
+
+
+def training_batch(plan: BatchPlan, tasks_: tasks.Tasks, train, step, member_key, t,
+                   dtype=jnp.float32):
+    """One member's training batch ``(x, y)`` at ``step``, as task ``t`` (the
+    task of ``step``, :meth:`deadjax.tasks.Tasks.at`) presents it: rows
+    :func:`batch_indices` of the stored training split ``train = (x, y)``,
+    or, for the regression stream, fresh examples drawn with
+    ``fold_in(key, step)`` (the member's key, or the shared one). A pure
+    function of the member's key and the step."""
+    if tasks_.is_stream:
+        key = member_key if plan.order != "shared" else jax.random.PRNGKey(plan.seed)
+        return tasks_.stream_batch(jax.random.fold_in(key, step), t, plan.batch_size, dtype)
+    idx = batch_indices(step, num_train=plan.num_train, batch_size=plan.batch_size,
+                        order=plan.order, member_key=member_key,
+                        shared_key=jax.random.PRNGKey(plan.seed))
+    return tasks_.present(train[0][idx], train[1][idx], t)
+
+
+SPLITS = ("train", "val", "test", "probe")
+
+
+def device_data(dataset: Dataset, probe_idx: np.ndarray) -> dict[str, tuple]:
+    """What every program reads, on the default device: ``{"train", "val",
+    "test", "probe"}``, each ``(x, y)``; the probe is ``x_train[probe_idx]``."""
+    return {"train": (jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)),
+            "val": (jnp.asarray(dataset.x_val), jnp.asarray(dataset.y_val)),
+            "test": (jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)),
+            "probe": (jnp.asarray(dataset.x_train[probe_idx]),
+                      jnp.asarray(dataset.y_train[probe_idx]))}

@@ -4,52 +4,156 @@
 hidden layer's pre-activations ``z_l``, unit activations ``phi(z_l)``,
 derivatives ``phi'(z_l)`` and outputs ``h_l``) and differentiates the mean
 probe loss with respect to the parameters and to each ``z_l`` (``delta_l =
-dL/dz_l``); :func:`diagnose` (every evaluation) and :func:`diagnose_full`
-(the costly statistics, every ``diagnostics.full_every``-th evaluation) hand
-the arrays to the pure functions of :mod:`deadjax.metrics`. Definitions
-live there and in ``docs/metrics.md``; this module only assembles them under
-the metric names of DESIGN.md. It is called inside the compiled program of a
-population (``Population.evaluate`` and ``train_chunk``), vmapped over members.
+dL/dz_l``). The diagnostic families of :data:`FAMILIES` (a registry, chosen by
+``diagnostics.families``) hand these arrays to the pure functions of
+:mod:`deadjax.metrics` and name the results as DESIGN.md does: a family's
+``every`` function runs at every evaluation, its ``full`` function (per hidden
+layer) at full evaluations only (every ``diagnostics.full_every``-th, the
+first and the last). A new diagnostic is one function and its entry here.
+
+Everything here measures: state in, scalars out. Updating what the trainer
+carries from one evaluation to the next (the previous dead masks, the
+born-dead flag) is the trainer's (:func:`deadjax.population.make_program`'s
+``observe``). Definitions live in :mod:`deadjax.metrics` and
+``docs/metrics.md``. These functions run inside the compiled program of a
+population, vmapped over members.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
-from deadjax import metrics, models
+from deadjax import activations, metrics, models
 
 
-def _layer_jacobians(pop, params, batch_stats, cap, l, n):
-    """Jacobians d h_l / d h_{l-1} of hidden layer ``l`` at the first ``n`` probe
-    inputs, shape (n, width_l, width_{l-1}), in eval mode (Glorot & Bengio 2010,
-    Sec. 4.2.2). Without normalisation it is diag(phi'(z_l)) W_l^T; BatchNorm in
-    eval mode is a per-unit affine map, so its scale gamma/sqrt(var+eps) joins
-    the diagonal; LayerNorm contributes its full Jacobian; a residual layer adds
-    the identity."""
-    w = params[f"Dense_{l}"]["kernel"]  # (in, out)
-    dphi = cap["dphi"][l][:n]
-    norm = pop.config.model.norm
-    if norm == "batch":
-        bn = batch_stats[f"BatchNorm_{l}"]
-        scale = params[f"BatchNorm_{l}"]["scale"] / jnp.sqrt(bn["var"] + models.NORM_EPSILON)
-        jac = (dphi * scale)[:, :, None] * w.T[None]
-    elif norm == "layer":
-        u = cap["affine"][l][:n]
-        width = u.shape[-1]
-        mu = u.mean(-1, keepdims=True)
-        sigma = jnp.sqrt(((u - mu) ** 2).mean(-1, keepdims=True) + models.NORM_EPSILON)
-        u_hat = (u - mu) / sigma
-        gamma = params[f"LayerNorm_{l}"]["scale"]
-        eye = jnp.eye(width)
-        dnorm = (gamma[None, :, None] / sigma[:, :, None]) * (
-            eye[None] - 1.0 / width - u_hat[:, :, None] * u_hat[:, None, :] / width)
-        jac = dphi[:, :, None] * jnp.einsum("nij,jk->nik", dnorm, w.T)
-    else:
-        jac = dphi[:, :, None] * w.T[None]
-    if pop.config.model.residual and l > 0 and w.shape[0] == w.shape[1]:
-        jac = jac + jnp.eye(w.shape[1])[None]
-    return jac
+class Probe(NamedTuple):
+    """What the diagnostics read of one member at an evaluation: its probe
+    pass (:func:`probe_pass`), its parameters and batch statistics, and the
+    trainer's carry (update ratios of the last step, dead masks at the
+    previous evaluation, whether there was one)."""
+    logits: jax.Array
+    cap: dict
+    gparams: Any
+    deltas: Any
+    params: Any
+    batch_stats: Any
+    update_ratio: jax.Array
+    prev_dead: tuple
+    has_prev: jax.Array
+
+
+class Context(NamedTuple):
+    """The static side: ``config.diagnostics``, the activation, the hidden
+    widths, ``model.norm`` and ``model.residual``."""
+    settings: Any
+    activation: activations.Activation
+    widths: tuple
+    norm: str
+    residual: bool
+
+    @classmethod
+    def of(cls, config) -> "Context":
+        return cls(config.diagnostics, activations.get(config.model.activation),
+                   tuple(config.model.widths), config.model.norm, bool(config.model.residual))
+
+
+def probe_pass(apply_fn: Callable, loss_fn: Callable, params, widths, probe_x, probe_y):
+    """One member's forward and backward pass on the probe batch, eval mode:
+    ``(logits, captures, parameter gradients, deltas)`` of the mean probe
+    loss, ``deltas[l] = dL/dz_l``. ``apply_fn(params, x, perturb=, capture=)``
+    is the member's model, ``loss_fn(outputs, targets)`` its training loss."""
+    dtype = jax.tree.leaves(params)[0].dtype
+    zeros = [jnp.zeros((probe_x.shape[0], w), dtype) for w in widths]
+
+    def probe_loss(p, perturb):
+        logits, cap = apply_fn(p, probe_x, perturb=perturb, capture=True)
+        return loss_fn(logits, probe_y), (logits, cap)
+
+    (_, (logits, cap)), (gparams, deltas) = jax.value_and_grad(
+        probe_loss, argnums=(0, 1), has_aux=True)(params, zeros)
+    return logits, cap, gparams, deltas
+
+
+def dead_masks(probe: Probe, ctx: Context) -> tuple:
+    """Per hidden layer, the bool ``(width,)`` mask of dead units
+    (:func:`deadjax.metrics.dead_units` with ``diagnostics.dead_threshold``)."""
+    return tuple(metrics.dead_units(d, ctx.activation.max_derivative,
+                                    ctx.settings.dead_threshold) for d in probe.cap["dphi"])
+
+
+# --------------------------------------------------------------------------
+# The families
+# --------------------------------------------------------------------------
+
+def _layers(ctx):
+    return [(l, f"layer_{l}") for l in range(len(ctx.widths))]
+
+
+def _dead(p: Probe, ctx: Context) -> dict:
+    out = {}
+    total = jnp.zeros((), jnp.float32)
+    nan = jnp.full((), jnp.nan, jnp.float32)
+    for (l, where), dead in zip(_layers(ctx), dead_masks(p, ctx)):
+        total = total + dead.sum()
+        out[f"dead_fraction/{where}"] = metrics.layer_fraction(dead)
+        prev = p.prev_dead[l]
+        out[f"dead_persistent/{where}"] = jnp.where(p.has_prev, metrics.persistent(dead, prev),
+                                                    nan)
+        out[f"revived/{where}"] = jnp.where(p.has_prev, metrics.revived(dead, prev), nan)
+    if ctx.widths:
+        out["dead_fraction/all"] = total / sum(ctx.widths)
+    return out
+
+
+def _dormant(p: Probe, ctx: Context) -> dict:
+    return {f"dormant_ratio_{tau:g}/{where}": metrics.layer_fraction(
+                metrics.dormant_units(p.cap["post"][l], tau))
+            for l, where in _layers(ctx) for tau in ctx.settings.dormant_taus}
+
+
+def _saturation(p: Probe, ctx: Context) -> dict:
+    out = {}
+    act = ctx.activation
+    for l, where in _layers(ctx):
+        if act.bounded:
+            out[f"saturation/{where}"] = metrics.saturation_fraction(
+                p.cap["dphi"][l], act.max_derivative, ctx.settings.saturation_threshold)
+        for name, value in metrics.preact_moments(p.cap["pre"][l]).items():
+            out[f"preact_{name}/{where}"] = value
+    return out
+
+
+def _saturation_full(p: Probe, ctx: Context, l: int, token):
+    return {f"preact_{name}/layer_{l}": value
+            for name, value in metrics.preact_percentiles(p.cap["pre"][l]).items()}, token
+
+
+def _gradients(p: Probe, ctx: Context) -> dict:
+    out = {f"delta_norm/{where}": jnp.linalg.norm(p.deltas[l]) for l, where in _layers(ctx)}
+    names = [where for _, where in _layers(ctx)] + ["out"]
+    for i, where in enumerate(names):
+        g = p.gparams[f"Dense_{i}"]
+        out[f"grad_norm/{where}"] = jnp.linalg.norm(g["kernel"])
+        out[f"bias_grad_norm/{where}"] = (jnp.linalg.norm(g["bias"]) if "bias" in g
+                                          else jnp.full((), jnp.nan, jnp.float32))
+        out[f"weight_norm/{where}"] = jnp.linalg.norm(p.params[f"Dense_{i}"]["kernel"])
+        out[f"update_ratio/{where}"] = p.update_ratio[i]
+    if ctx.widths:
+        out["grad_norm_ratio"] = (out["grad_norm/layer_0"]
+                                  / out[f"grad_norm/layer_{len(ctx.widths) - 1}"])
+    return out
+
+
+def _signal(p: Probe, ctx: Context) -> dict:
+    out = {}
+    for l, where in _layers(ctx):
+        out[f"q/{where}"] = metrics.q_value(p.cap["pre"][l])
+        out[f"c/{where}"] = metrics.c_value(p.cap["pre"][l])
+    return out
 
 
 def _after(x, token):
@@ -61,8 +165,40 @@ def _after(x, token):
     and an eigh each blocked in ``ParallelBatchMap``). A real data dependency
     (an optimisation barrier is not one for the CPU runtime's scheduler) makes
     them run one after another; the added zero costs one elementwise pass.
+    The full families thread ``token`` through their linear algebra for this.
     """
     return x + 0.0 * token
+
+
+def _layer_jacobians(p: Probe, ctx: Context, l: int, n: int):
+    """Jacobians d h_l / d h_{l-1} of hidden layer ``l`` at the first ``n`` probe
+    inputs, shape (n, width_l, width_{l-1}), in eval mode (Glorot & Bengio 2010,
+    Sec. 4.2.2). Without normalisation it is diag(phi'(z_l)) W_l^T; BatchNorm in
+    eval mode is a per-unit affine map, so its scale gamma/sqrt(var+eps) joins
+    the diagonal; LayerNorm contributes its full Jacobian; a residual layer adds
+    the identity."""
+    w = p.params[f"Dense_{l}"]["kernel"]  # (in, out)
+    dphi = p.cap["dphi"][l][:n]
+    if ctx.norm == "batch":
+        bn = p.batch_stats[f"BatchNorm_{l}"]
+        scale = p.params[f"BatchNorm_{l}"]["scale"] / jnp.sqrt(bn["var"] + models.NORM_EPSILON)
+        jac = (dphi * scale)[:, :, None] * w.T[None]
+    elif ctx.norm == "layer":
+        u = p.cap["affine"][l][:n]
+        width = u.shape[-1]
+        mu = u.mean(-1, keepdims=True)
+        sigma = jnp.sqrt(((u - mu) ** 2).mean(-1, keepdims=True) + models.NORM_EPSILON)
+        u_hat = (u - mu) / sigma
+        gamma = p.params[f"LayerNorm_{l}"]["scale"]
+        eye = jnp.eye(width)
+        dnorm = (gamma[None, :, None] / sigma[:, :, None]) * (
+            eye[None] - 1.0 / width - u_hat[:, :, None] * u_hat[:, None, :] / width)
+        jac = dphi[:, :, None] * jnp.einsum("nij,jk->nik", dnorm, w.T)
+    else:
+        jac = dphi[:, :, None] * w.T[None]
+    if ctx.residual and l > 0 and w.shape[0] == w.shape[1]:
+        jac = jac + jnp.eye(w.shape[1])[None]
+    return jac
 
 
 def _mean_singular_value(j):
@@ -77,106 +213,83 @@ def _mean_singular_value(j):
     return jnp.sqrt(jnp.clip(jnp.linalg.eigvalsh(gram), 0.0, None)).mean()
 
 
-def probe_pass(pop, state, probe_x, probe_y) -> dict:
-    """One member's forward and backward pass on the probe batch, eval mode:
-    ``logits``, the captures ``cap`` (``pre``, ``post``, ``dphi``, ``out``,
-    ``affine`` per hidden layer), the parameter gradients ``gparams`` and
-    ``deltas`` (dL/dz_l per hidden layer) of the mean probe loss."""
-    logits_dtype = jax.tree.leaves(state.params)[0].dtype
-    zeros = [jnp.zeros((probe_x.shape[0], w), logits_dtype) for w in pop.widths]
-
-    def probe_loss(params, perturb):
-        logits, cap = pop.apply_model(state, probe_x, params, perturb=perturb, capture=True)
-        return pop.loss(logits, probe_y), (logits, cap)
-
-    (_, (logits, cap)), (gparams, deltas) = jax.value_and_grad(
-        probe_loss, argnums=(0, 1), has_aux=True)(state.params, zeros)
-    return {"logits": logits, "cap": cap, "gparams": gparams, "deltas": deltas}
+def _jacobian_full(p: Probe, ctx: Context, l: int, token):
+    n = min(ctx.settings.jacobian_probe_size, p.cap["pre"][l].shape[0])
+    jac = _after(_layer_jacobians(p, ctx, l, n), token)
+    sv = jax.vmap(_mean_singular_value)(jac).mean()
+    return {f"jacobian_sv/layer_{l}": sv}, sv
 
 
-def diagnose(pop, state, probe: dict):
-    """The diagnostics of every evaluation, for one member: ``(scalars, dead
-    masks)``. ``probe`` is :func:`probe_pass`'s output."""
-    cfg = pop.config.diagnostics
-    families = set(cfg.families)
-    act = pop.activation
-    widths = pop.widths
-    cap, deltas, gparams = probe["cap"], probe["deltas"], probe["gparams"]
+def _rank_full(p: Probe, ctx: Context, l: int, token):
+    rank = metrics.effective_rank(_after(p.cap["out"][l], token))
+    return {f"effective_rank/layer_{l}": rank}, rank
+
+
+def _output(p: Probe, ctx: Context) -> dict:
+    return {"output_constant": metrics.output_constant(p.logits).astype(jnp.float32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A family of diagnostics: ``every(probe, ctx) -> {name: scalar}`` at every
+    evaluation; ``full(probe, ctx, layer, token) -> ({name: scalar}, token)``
+    per hidden layer at full evaluations only (``token`` orders the linear
+    algebra, see :func:`_after`); either may be None."""
+    name: str
+    doc: str
+    every: Callable[[Probe, Context], dict] | None = None
+    full: Callable[[Probe, Context, int, Any], tuple[dict, Any]] | None = None
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("dead", "dead_fraction/*, dead_persistent/*, revived/*", every=_dead),
+    Family("dormant", "dormant_ratio_{tau:g}/*", every=_dormant),
+    Family("saturation", "saturation/* (bounded activations), preact_mean/*, preact_std/*; "
+           "preact_p15/p50/p85 at full evaluations", every=_saturation, full=_saturation_full),
+    Family("gradients", "grad_norm/*, bias_grad_norm/*, delta_norm/*, update_ratio/*, "
+           "weight_norm/*, grad_norm_ratio", every=_gradients),
+    Family("signal", "q/*, c/*", every=_signal),
+    Family("jacobian", "jacobian_sv/* at full evaluations", full=_jacobian_full),
+    Family("rank", "effective_rank/* at full evaluations", full=_rank_full),
+    Family("output", "output_constant and born_dead (always measured: the born-dead "
+           "flag needs it)", every=_output),
+)}
+FAMILY_NAMES = tuple(FAMILIES)
+
+# Families measured whatever diagnostics.families says: the trainer's carry
+# (born_dead) reads their values.
+ALWAYS = ("output",)
+
+
+def _chosen(ctx: Context) -> list[Family]:
+    wanted = set(ctx.settings.families) | set(ALWAYS)
+    return [f for name, f in FAMILIES.items() if name in wanted]
+
+
+def measure(probe: Probe, ctx: Context) -> dict:
+    """The diagnostics of every evaluation, for one member: ``{name: scalar}``."""
     out: dict = {}
-    dead_masks = []
-    total_dead = jnp.zeros((), jnp.float32)
-    for l in range(len(widths)):
-        z, a, dphi = cap["pre"][l], cap["post"][l], cap["dphi"][l]
-        where = f"layer_{l}"
-        dead = metrics.dead_units(dphi, act.max_derivative, cfg.dead_threshold)
-        dead_masks.append(dead)
-        total_dead = total_dead + dead.sum()
-        if "dead" in families:
-            out[f"dead_fraction/{where}"] = metrics.layer_fraction(dead)
-            nan = jnp.full((), jnp.nan, jnp.float32)
-            prev = state.prev_dead[l]
-            out[f"dead_persistent/{where}"] = jnp.where(
-                state.has_prev, metrics.persistent(dead, prev), nan)
-            out[f"revived/{where}"] = jnp.where(state.has_prev, metrics.revived(dead, prev), nan)
-        if "dormant" in families:
-            for tau in cfg.dormant_taus:
-                out[f"dormant_ratio_{tau:g}/{where}"] = metrics.layer_fraction(
-                    metrics.dormant_units(a, tau))
-        if "saturation" in families:
-            if act.bounded:
-                out[f"saturation/{where}"] = metrics.saturation_fraction(
-                    dphi, act.max_derivative, cfg.saturation_threshold)
-            for name, value in metrics.preact_moments(z).items():
-                out[f"preact_{name}/{where}"] = value
-        if "signal" in families:
-            out[f"q/{where}"] = metrics.q_value(z)
-            out[f"c/{where}"] = metrics.c_value(z)
-        if "gradients" in families:
-            out[f"delta_norm/{where}"] = jnp.linalg.norm(deltas[l])
-    if "dead" in families and widths:
-        out["dead_fraction/all"] = total_dead / sum(widths)
-    if "gradients" in families:
-        names = [f"layer_{l}" for l in range(len(widths))] + ["out"]
-        for i, where in enumerate(names):
-            g = gparams[f"Dense_{i}"]
-            out[f"grad_norm/{where}"] = jnp.linalg.norm(g["kernel"])
-            out[f"bias_grad_norm/{where}"] = (jnp.linalg.norm(g["bias"]) if "bias" in g
-                                              else jnp.full((), jnp.nan, jnp.float32))
-            out[f"weight_norm/{where}"] = jnp.linalg.norm(state.params[f"Dense_{i}"]["kernel"])
-            out[f"update_ratio/{where}"] = state.update_ratio[i]
-        if widths:
-            out["grad_norm_ratio"] = (out["grad_norm/layer_0"]
-                                      / out[f"grad_norm/layer_{len(widths) - 1}"])
-    out["output_constant"] = metrics.output_constant(probe["logits"]).astype(jnp.float32)
-    return out, tuple(dead_masks)
+    for fam in _chosen(ctx):
+        if fam.every is not None:
+            out.update(fam.every(probe, ctx))
+    return out
 
 
-def diagnose_full(pop, state, probe: dict):
+def measure_full(probe: Probe, ctx: Context):
     """The costly diagnostics of a full evaluation, for one member:
-    ``(scalars, histograms)``: pre-activation percentiles (a sort), Jacobian
-    singular values and effective ranks (eigensolvers), and the histograms.
-    Population.evaluate runs them every ``diagnostics.full_every``-th
-    evaluation (and at the first and last)."""
-    cfg = pop.config.diagnostics
-    families = set(cfg.families)
-    cap, deltas = probe["cap"], probe["deltas"]
+    ``(scalars, histograms)``: the chosen families' ``full`` parts, layer by
+    layer, and every layer's histograms of pre-activations, activations and
+    deltas (:func:`deadjax.metrics.histogram`)."""
     out: dict = {}
     hists: dict = {}
-    token = jnp.zeros((), jnp.float32)  # orders the linear-algebra calls (see _after)
-    for l in range(len(pop.widths)):
-        z, a, h = cap["pre"][l], cap["post"][l], cap["out"][l]
-        where = f"layer_{l}"
-        if "saturation" in families:
-            for name, value in metrics.preact_percentiles(z).items():
-                out[f"preact_{name}/{where}"] = value
-        if "jacobian" in families:
-            n = min(cfg.jacobian_probe_size, z.shape[0])
-            jac = _after(_layer_jacobians(pop, state.params, state.batch_stats, cap, l, n),
-                         token)
-            sv = jax.vmap(_mean_singular_value)(jac)
-            out[f"jacobian_sv/{where}"] = token = sv.mean()
-        if "rank" in families:
-            out[f"effective_rank/{where}"] = token = metrics.effective_rank(_after(h, token))
-        for kind, values in (("preact", z), ("activation", a), ("delta", deltas[l])):
-            hists[f"{kind}/{where}"] = metrics.histogram(values, cfg.histogram_bins)
+    token = jnp.zeros((), jnp.float32)
+    full = [f for f in _chosen(ctx) if f.full is not None]
+    for l, where in _layers(ctx):
+        for fam in full:
+            values, token = fam.full(probe, ctx, l, token)
+            out.update(values)
+        cap = probe.cap
+        for kind, values in (("preact", cap["pre"][l]), ("activation", cap["post"][l]),
+                             ("delta", probe.deltas[l])):
+            hists[f"{kind}/{where}"] = metrics.histogram(values, ctx.settings.histogram_bins)
     return out, hists

@@ -63,7 +63,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from deadjax.config import ConfigError
+from deadjax.errors import ConfigError
 
 Array = jax.Array
 

@@ -1,28 +1,45 @@
-"""Remedies that act on a member during training: pure functions of one member.
+"""Remedies that act on a member during training, as optax-style transforms.
 
-Each function maps one member's ``(params, opt_state)`` (Flax layout:
-``Dense_l`` kernels ``(U_in, U_out)`` and biases, ``BatchNorm_l`` /
+Each remedy is an entry of :data:`REMEDIES`: a :class:`Remedy` whose ``make``
+builds, from the group's static config, a :class:`Transform` -- an ``init``
+(one member's state) and an ``update`` (state, what the member's network did
+on a batch, the member) -> (state, :class:`Edit`), like
+``optax.GradientTransformation`` -- plus the config fields it reads. The
+trainer (:mod:`deadjax.population`) chains the remedies a group uses
+(:func:`chain`) and applies every member's :class:`Edit` (new parameters,
+units to re-initialise, units to count); a new remedy is one pair of pure
+functions and its entry here, with no edit to the trainer (docs/design.md has
+a worked example).
+
+When a remedy acts: ``every_step`` remedies (continual backprop) after every
+training step, on the activations of that step's batch; the others every
+``interventions.every`` steps, on the probe batch of the task just trained on.
+A member acts only where its ``interventions.method`` names the remedy and it
+has not diverged.
+
+The pure functions below map one member's ``(params, opt_state)`` (Flax
+layout: ``Dense_l`` kernels ``(U_in, U_out)`` and biases, ``BatchNorm_l`` /
 ``LayerNorm_l`` scales and biases, ``PReLU_l`` slopes) and per-unit boolean
-masks of static shape to new ones, so it is jit- and vmap-safe: a population
-applies it to every member at once, each with its own masks. Hidden layer
-``l``'s unit ``j`` owns column ``j`` of ``Dense_l/kernel`` and entry ``j`` of
-``Dense_l/bias``, of its normalisation's scale and bias and of its PReLU
-slope (its *incoming* parameters), and row ``j`` of ``Dense_{l+1}/kernel``
-(its *outgoing* weights).
-
-The trainer (:class:`deadjax.population.Population`) applies them per member
-under ``interventions.method``; docs/interventions.md gives the definitions
-and config fields.
+masks of static shape to new ones, so they are jit- and vmap-safe. Hidden
+layer ``l``'s unit ``j`` owns column ``j`` of ``Dense_l/kernel`` and entry
+``j`` of ``Dense_l/bias``, of its normalisation's scale and bias and of its
+PReLU slope (its *incoming* parameters), and row ``j`` of
+``Dense_{l+1}/kernel`` (its *outgoing* weights). docs/interventions.md gives
+the definitions and config fields.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from deadjax import metrics
+from deadjax import activations, metrics
+from deadjax.errors import ConfigError
+from deadjax.fields import Field, integer, real
 
 
 def unit_parameter_masks(params, masks: Sequence[jax.Array]):
@@ -270,3 +287,254 @@ def replace_units(params, opt_state, fresh_params, masks: Sequence[jax.Array]):
                           params, fresh_params, incoming, outgoing)
     either = jax.tree.map(jnp.logical_or, incoming, outgoing)
     return params, reset_optimizer_entries(opt_state, either)
+
+
+# --------------------------------------------------------------------------
+# Remedies as transforms
+# --------------------------------------------------------------------------
+
+class Observation(NamedTuple):
+    """What a remedy sees of a member's network on a batch, per hidden layer:
+    the unit activations ``phi(z)`` (``post``) and derivatives ``phi'(z)``
+    (``dphi``), each ``(batch, width)``."""
+    post: tuple
+    dphi: tuple
+
+
+class Member(NamedTuple):
+    """What a remedy may read of one member: its parameters, optimiser state,
+    per-member hyperparameters (``MemberState.hparams``), dropout key and the
+    number of steps taken."""
+    params: Any
+    opt_state: Any
+    hparams: dict
+    key: jax.Array
+    step: jax.Array
+
+
+class Edit(NamedTuple):
+    """What one remedy does to a member at one application; ``None`` is nothing.
+
+    ``params``: new parameters. ``reinit``: per-layer bool masks of units to
+    re-initialise (:func:`replace_units` with a fresh draw of the member's
+    initialiser). ``counted``: per-layer masks of the units the remedy acted
+    on, added to ``units_reset``."""
+    params: Any = None
+    reinit: tuple | None = None
+    counted: tuple | None = None
+
+
+class Transform(NamedTuple):
+    """One remedy for a group: ``init()`` is a member's state, ``update(state,
+    observation, member) -> (state, Edit)``; ``model_kwargs(state)`` is what
+    the model's forward pass needs of the state (activation reset's switched
+    units)."""
+    init: Callable[[], Any]
+    update: Callable[[Any, Observation, Member], tuple[Any, Edit]]
+    model_kwargs: Callable[[Any], dict] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Remedy:
+    """A registry entry: ``make(config, widths) -> Transform`` from the group's
+    static config and hidden widths; ``every_step`` (else every
+    ``interventions.every`` steps); ``state_key``, where its state lives in
+    ``MemberState.interventions`` (None: stateless); ``fields``, its config
+    fields."""
+    name: str
+    make: Callable[[Any, tuple[int, ...]], Transform]
+    doc: str
+    every_step: bool = False
+    state_key: str | None = None
+    fields: tuple[Field, ...] = ()
+
+
+# Constants that separate the random streams derived from a member's key.
+PERTURB_STREAM = 0x70657274  # "pert": shrink-and-perturb noise
+ADDED = "2026-11-27"
+
+
+def _stateless():
+    return ()
+
+
+def _activation_reset(config, widths) -> Transform:
+    act = activations.get(config.model.activation)
+    threshold = config.diagnostics.dead_threshold
+
+    def init():
+        return tuple(jnp.zeros((w,), bool) for w in widths)
+
+    def update(switched, obs, member):
+        dead = [metrics.dead_units(d, act.max_derivative, threshold) for d in obs.dphi]
+        newly = tuple(d & ~w for d, w in zip(dead, switched))
+        return tuple(w | n for w, n in zip(switched, newly)), Edit(counted=newly)
+
+    return Transform(init, update, model_kwargs=lambda switched: {"switched": switched})
+
+
+def _redo(config, widths) -> Transform:
+    def update(state, obs, member):
+        recycle = tuple(metrics.dormant_units(h, member.hparams["redo_tau"]) for h in obs.post)
+        return state, Edit(reinit=recycle, counted=recycle)
+    return Transform(_stateless, update)
+
+
+def _continual_backprop(config, widths) -> Transform:
+    def update(cbp, obs, member):
+        hp = member.hparams
+        cbp, replaced = cbp_select(member.params, cbp, obs.post,
+                                   replacement_rate=hp["replacement_rate"],
+                                   maturity=hp["maturity"], decay=hp["utility_decay"])
+        return cbp, Edit(reinit=replaced, counted=replaced)
+    return Transform(lambda: init_cbp_state(widths), update)
+
+
+def _shrink_perturb(config, widths) -> Transform:
+    def update(state, obs, member):
+        key = jax.random.fold_in(jax.random.fold_in(member.key, PERTURB_STREAM), member.step)
+        hp = member.hparams
+        return state, Edit(params=shrink_perturb(member.params, key, hp["shrink"], hp["noise"]))
+    return Transform(_stateless, update)
+
+
+def _reset_activation_check(f, v):
+    alt = activations.get(v, field=f)
+    if alt.learnable_slope:
+        raise ConfigError(f"{f} = {v!r} is not allowed; a switched unit has no learnable "
+                          "slope (use leaky_relu).")
+
+
+REMEDIES: dict[str, Remedy] = {r.name: r for r in (
+    Remedy("activation_reset", _activation_reset, state_key="switched",
+           doc="units dead on the probe batch compute interventions.reset_activation "
+               "from then on", fields=(
+               Field("interventions.reset_activation", "leaky_relu", "activation_reset: "
+                     "what a dead unit switches to", _reset_activation_check, added=ADDED),
+               Field("interventions.reset_slope", 0.01, "activation_reset: slope of the "
+                     "switched units' leaky ReLU", real(), per_member=True,
+                     hparam="reset_slope", added=ADDED))),
+    Remedy("redo", _redo, doc="ReDo (Sokar et al. 2023): tau-dormant units re-initialised",
+           fields=(Field("interventions.redo_tau", 0.1, "redo: dormancy threshold tau",
+                         real(0.0), per_member=True, hparam="redo_tau", added=ADDED),)),
+    Remedy("continual_backprop", _continual_backprop, every_step=True, state_key="cbp",
+           doc="continual backprop (Dohare et al. 2024): the lowest-utility mature units "
+               "replaced at a fractional rate", fields=(
+               Field("interventions.replacement_rate", 1e-4, "continual_backprop: "
+                     "replacements per mature unit and step", real(0.0, 1.0),
+                     per_member=True, hparam="replacement_rate", added=ADDED),
+               Field("interventions.maturity", 100, "continual_backprop: steps before a "
+                     "unit may be replaced", integer(low=0), per_member=True,
+                     hparam="maturity", added=ADDED),
+               Field("interventions.utility_decay", 0.99, "continual_backprop: decay of "
+                     "the running utility", real(0.0, 1.0, high_open=True),
+                     per_member=True, hparam="utility_decay", added=ADDED))),
+    Remedy("shrink_perturb", _shrink_perturb, doc="shrink and perturb (Ash & Adams 2020): "
+           "theta <- shrink * theta + noise * N(0, 1)", fields=(
+               Field("interventions.shrink", 0.9, "shrink_perturb: factor lambda",
+                     real(0.0), per_member=True, hparam="shrink", added=ADDED),
+               Field("interventions.noise", 0.01, "shrink_perturb: noise std sigma",
+                     real(0.0), per_member=True, hparam="noise", added=ADDED))),
+)}
+
+
+def names() -> tuple[str, ...]:
+    """The values ``interventions.method`` may take: "none", then the registry
+    in order (a member's state stores the index into this tuple)."""
+    return ("none",) + tuple(REMEDIES)
+
+
+def remedy_fields() -> tuple[Field, ...]:
+    return tuple(f for r in REMEDIES.values() for f in r.fields)
+
+
+@contextlib.contextmanager
+def registered(remedy: Remedy):
+    """Adds ``remedy`` to the registry for the duration of a ``with`` block
+    (the way a test or a notebook tries a new remedy)."""
+    if remedy.name in REMEDIES:
+        raise ValueError(f"a remedy named {remedy.name!r} is already registered.")
+    REMEDIES[remedy.name] = remedy
+    try:
+        yield remedy
+    finally:
+        del REMEDIES[remedy.name]
+
+
+def used_by(methods: Sequence[str]) -> tuple[str, ...]:
+    """The remedies among ``methods`` (values of ``interventions.method``), in
+    registry order."""
+    used = set(methods)
+    return tuple(name for name in REMEDIES if name in used)
+
+
+class Chain(NamedTuple):
+    """The remedies a group compiles in, for one member at a time.
+
+    ``init()`` is ``MemberState.interventions``: ``{}`` without a remedy,
+    else the cumulative ``units_reset`` count per hidden layer and each
+    stateful remedy's state under its ``state_key``. ``update(state,
+    observation, member, diverged, every_step)`` applies the remedies of one
+    kind (every step, or periodic) and returns ``(state, params, reinit)``:
+    the new parameters (each remedy's edit kept only where the member uses
+    it) and the OR of the masks to re-initialise (None when no remedy of
+    that kind re-initialises)."""
+    remedies: tuple
+    transforms: tuple
+    num_layers: int
+
+    @property
+    def every_step(self) -> bool:
+        return any(r.every_step for r in self.remedies)
+
+    @property
+    def periodic(self) -> bool:
+        return any(not r.every_step for r in self.remedies)
+
+    def init(self) -> dict:
+        if not self.remedies:
+            return {}
+        out = {"units_reset": jnp.zeros((self.num_layers,), jnp.int32)}
+        for r, t in zip(self.remedies, self.transforms):
+            if r.state_key is not None:
+                out[r.state_key] = t.init()
+        return out
+
+    def model_kwargs(self, state: dict) -> dict:
+        out = {}
+        for r, t in zip(self.remedies, self.transforms):
+            if t.model_kwargs is not None and r.state_key in state:
+                out.update(t.model_kwargs(state[r.state_key]))
+        return out
+
+    def update(self, state: dict, obs: Observation, member: Member, diverged,
+               every_step: bool):
+        params, reinit = member.params, None
+        for r, t in zip(self.remedies, self.transforms):
+            if r.every_step != every_step:
+                continue
+            use = (member.hparams["intervention"] == names().index(r.name)) & ~diverged
+            old = state[r.state_key] if r.state_key is not None else ()
+            new, edit = t.update(old, obs, member._replace(params=params))
+            if r.state_key is not None:
+                state = dict(state, **{r.state_key: _where(use, new, old)})
+            if edit.counted is not None:
+                counts = jnp.stack([(u & use).sum(dtype=jnp.int32) for u in edit.counted])
+                state = dict(state, units_reset=state["units_reset"] + counts)
+            if edit.params is not None:
+                params = _where(use, edit.params, params)
+            if edit.reinit is not None:
+                masks = tuple(m & use for m in edit.reinit)
+                reinit = masks if reinit is None else tuple(a | b for a, b in zip(reinit, masks))
+        return state, params, reinit
+
+
+def _where(use, new, old):
+    return jax.tree.map(lambda n, o: jnp.where(use, n, o), new, old)
+
+
+def chain(methods: Sequence[str], config, widths: Sequence[int]) -> Chain:
+    """The :class:`Chain` of the remedies named in ``methods`` (registry order)."""
+    remedies = tuple(REMEDIES[m] for m in used_by(methods))
+    widths = tuple(int(w) for w in widths)
+    return Chain(remedies, tuple(r.make(config, widths) for r in remedies), len(widths))

@@ -24,6 +24,8 @@ import math
 import jax
 import numpy as np
 
+from deadjax import population
+
 SAFETY = 1.5
 
 
@@ -32,31 +34,34 @@ def _tree_bytes(tree) -> int:
                    for x in jax.tree.leaves(tree)))
 
 
-def member_bytes(pop) -> int:
-    """Estimated device bytes of one member of a population."""
-    cfg = pop.config
+def member_bytes(spec: population.GroupSpec) -> int:
+    """Estimated device bytes of one member of the group ``spec`` describes."""
+    cfg = spec.config
+    program = population.make_program(spec)
     seeds = jax.ShapeDtypeStruct((1,), np.int32)
-    hp = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), pop.hparams_of([cfg]))
-    state = jax.eval_shape(pop.init, seeds, hp)
+    hp = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                      program.hparams_of([cfg]))
+    state = jax.eval_shape(program.init, seeds, hp)
     itemsize = 4
-    widths = sum(pop.widths)
-    batch = cfg.data.batch_size or pop.num_train
-    train = 2 * 4 * batch * (widths + pop.num_classes) * itemsize
-    rows = min(cfg.train.eval_batch_size, max(pop.num_train, 1))
+    widths = sum(cfg.model.widths)
+    batch = cfg.data.batch_size or spec.num_train
+    train = 2 * 4 * batch * (widths + spec.num_classes) * itemsize
+    rows = min(cfg.train.eval_batch_size, max(spec.num_train, 1))
     probe = cfg.diagnostics.probe_size if cfg.diagnostics.enabled else 0
-    jac = (cfg.diagnostics.jacobian_probe_size * max((w * w for w in pop.widths), default=0)
+    jac = (cfg.diagnostics.jacobian_probe_size * max((w * w for w in cfg.model.widths),
+                                                     default=0)
            if cfg.diagnostics.enabled else 0)
-    evaluate = (rows * (widths + pop.num_classes) + 6 * probe * widths + 4 * jac) * itemsize
+    evaluate = (rows * (widths + spec.num_classes) + 6 * probe * widths + 4 * jac) * itemsize
     return int(SAFETY * (3 * _tree_bytes(state) + train + evaluate))
 
 
-def chunk_size(pop) -> tuple[int, str]:
+def chunk_size(spec: population.GroupSpec) -> tuple[int, str]:
     """(members per chunk, a sentence saying how it was chosen)."""
-    cfg = pop.config.train
+    cfg = spec.config.train
     if cfg.memory_budget_gb <= 0:
         return cfg.max_population, f"chunks of at most {cfg.max_population} members " \
                                    "(train.max_population)"
-    per = member_bytes(pop)
+    per = member_bytes(spec)
     fits = max(1, math.floor(cfg.memory_budget_gb * 2**30 / per))
     size = min(fits, cfg.max_population)
     return size, (f"chunks of {size} members: about {per / 2**20:.2f} MiB per member "

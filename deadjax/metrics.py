@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import optax
 
 __all__ = [
-    "DIAGNOSTIC_FAMILIES",
     "cross_entropy", "accuracy", "f1_macro", "roc_auc_binary", "auc_roc_ovr",
     "mse", "r2",
     "masked_mean", "layer_fraction", "pooled_fraction",
@@ -39,21 +38,6 @@ __all__ = [
     "output_constant", "histogram",
     "frobenius_norm", "update_ratio", "dormant_metric_name",
 ]
-
-# Families of diagnostics that ``diagnostics.families`` may select
-# (config.validate checks against this tuple).
-#   dead        dead_fraction/*, dead_persistent/*, revived/*
-#   dormant     dormant_ratio_{tau:g}/*
-#   saturation  saturation/*
-#   gradients   grad_norm/*, bias_grad_norm/*, delta_norm/*, update_ratio/*,
-#               weight_norm/*, grad_norm_ratio (computed by the trainer)
-#   signal      preact_{mean,std,p15,p50,p85}/*, q/*, c/*
-#   jacobian    jacobian_sv/*
-#   rank        effective_rank/*
-#   output      output_constant, born_dead
-DIAGNOSTIC_FAMILIES = ("dead", "dormant", "saturation", "gradients", "signal",
-                       "jacobian", "rank", "output")
-
 
 def _float(x):
     """``x`` as a JAX array of a floating dtype at least as wide as float32."""

@@ -77,6 +77,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from deadjax.errors import ConfigError
+
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
@@ -97,7 +99,6 @@ _UNSET = float("nan")
 
 
 def _error(field: str, value: Any, allowed) -> ValueError:
-    from deadjax.config import ConfigError
     return ConfigError(f"{field} = {value!r} is not allowed; choose one of "
                        f"{', '.join(repr(a) for a in allowed)}.")
 

@@ -3,8 +3,8 @@
 1. resolve and validate every point (nothing compiles or is written before);
 2. write ``config.json`` (refusing a workdir of another experiment) and
    ``points.jsonl`` (point id, overrides, group, chunk);
-3. for each group and chunk: build the population, train it, and at every
-   evaluation write the chunk's rows to the results table.
+3. for each group: its compiled programs (:func:`deadjax.population.compiled`),
+   then each of its chunks through the host loop :func:`deadjax.train.run_chunk`.
 """
 
 from __future__ import annotations
@@ -17,16 +17,18 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import flax
 import jax
 import ml_collections
-import numpy as np
+import optax
+import orbax.checkpoint as ocp
 
 from deadjax import config as config_lib
 from deadjax import data as data_lib
 from deadjax import population as pop_lib
 from deadjax import checkpoints, memory, results, sharding, sweep as sweep_lib, train
 from deadjax import summaries as summary_lib
-from deadjax.config import ConfigError
+from deadjax.errors import ConfigError
 
 log = logging.getLogger("deadjax")
 
@@ -42,9 +44,6 @@ def provenance() -> dict:
                                 capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
-    import flax
-    import optax
-    import orbax.checkpoint as ocp
     return {
         "deadjax_commit": commit or "unknown",
         "python": sys.version.split()[0],
@@ -59,7 +58,7 @@ def provenance() -> dict:
 def _comparable(cfg: Mapping) -> dict:
     flat = config_lib.flatten(ml_collections.ConfigDict(cfg))
     return {k: sweep_lib._jsonable(v) for k, v in flat.items()
-            if k not in config_lib.RUN_LENGTH_FIELDS}
+            if k not in config_lib.run_length_fields()}
 
 
 def check_same_experiment(workdir: Path, base: ml_collections.ConfigDict) -> None:
@@ -70,7 +69,7 @@ def check_same_experiment(workdir: Path, base: ml_collections.ConfigDict) -> Non
     old = json.loads(path.read_text())["config"]
     new, before = _comparable(base.to_dict()), _comparable(old)
     defaults = _comparable(config_lib.default_config().to_dict())
-    for k in config_lib.ADDED_FIELDS:  # written before the field existed
+    for k in config_lib.added_fields():  # written before the field existed
         before.setdefault(k, defaults[k])
     diff = sorted(k for k in set(new) | set(before) if new.get(k) != before.get(k))
     if diff:
@@ -136,8 +135,7 @@ def plan(base, sweep, workdir, overrides=None):
     check_same_experiment(workdir, _base_with(base, overrides))
     for g in groups:
         if g.config.train.memory_budget_gb > 0:
-            pop = population_for(g, data_lib.load(g.config))
-            g.chunk_size, g.chunk_note = memory.chunk_size(pop)
+            g.chunk_size, g.chunk_note = memory.chunk_size(group_spec(g, data_lib.load(g.config)))
         else:
             g.chunk_size = g.config.train.max_population
             g.chunk_note = f"chunks of at most {g.chunk_size} members (train.max_population)"
@@ -152,20 +150,6 @@ def _base_with(base, overrides):
     return cfg
 
 
-def _pad(state, size: int):
-    """Fills a state of n real members up to ``size`` with copies of member 0.
-    Padding members are trained like member 0 and never leave the program."""
-    n = jax.tree.leaves(state)[0].shape[0]
-    if n == size:
-        return state
-    idx = np.concatenate([np.arange(n), np.zeros(size - n, np.int64)])
-    return jax.tree.map(lambda a: a[idx], state)
-
-
-def _real(state, n: int):
-    return jax.tree.map(lambda a: a[:n], state)
-
-
 def chunk_is_finished(workdir, group, chunk_index) -> bool:
     ckpt_dir = checkpoints.checkpoint_dir(workdir, group.id, chunk_index)
     if not ckpt_dir.exists():
@@ -174,81 +158,10 @@ def chunk_is_finished(workdir, group, chunk_index) -> bool:
         return ckpt.latest_step() == group.config.train.steps
 
 
-def run_chunk(pop, group, chunk_index, members, data, workdir, swept, *, summaries=None,
-              progress=None):
-    """Trains one chunk (padded to the population size and sharded over the
-    devices) from its latest checkpoint, writing rows, summaries and
-    checkpoints at evaluations."""
-    cfg = group.config
-    size = sharding.population_size(len(group.points), group.chunk_size)
-    n = len(members)
-    padded = members + [members[0]] * (size - n)
-    seeds = np.asarray([p.config.seed for p in padded], np.int32)
-    hparams = pop.hparams_of([p.config for p in padded])
-    state = pop.init(*sharding.shard_members((seeds, hparams)))
-    total = cfg.train.steps
-    ids = [p.id for p in members]
-    meta = {"points": ids, "group": group.id, "chunk": chunk_index,
-            "config": sweep_lib._jsonable(cfg)}
-    writer = sharding.is_writer()
-    with checkpoints.ChunkCheckpointer(workdir, group.id, chunk_index,
-                                       max_to_keep=cfg.train.keep_checkpoints) as ckpt:
-        template = jax.tree.map(lambda a: np.zeros((n,) + a.shape[1:], a.dtype), state)
-        found = ckpt.restore_latest(template, points=ids)
-        start = 0
-        if found is not None:
-            start, restored, _ = found
-            state = sharding.shard_members(_pad(restored, size))
-            log.info("resuming %s chunk %d at step %d", group.id, chunk_index, start)
-        if found is not None and start >= total:
-            return state
-        if progress is not None and writer:
-            progress.begin(group, chunk_index, start, n)
-
-        def on_eval(step, state, scalars, hists):
-            # Gathers and checkpoint saves are collective: every process makes them.
-            host = sharding.to_host(scalars)
-            host_hists = sharding.to_host(hists) if hists else {}
-            # Step 0 needs no checkpoint: the initialisation is recomputed exactly.
-            if step > 0 and (step % cfg.train.checkpoint_every == 0 or step == total):
-                ckpt.save(step, _real(state, n), meta)
-            if not writer:
-                return
-            frame = results.rows_for_evaluation(members, step, host, swept)
-            results.write_part(workdir, group.id, chunk_index, step, frame)
-            if host_hists:
-                results.write_histograms(workdir, group.id, chunk_index, step, members,
-                                         host_hists)
-            if summaries is not None:
-                summaries.write_evaluation(members, step, host, host_hists,
-                                           resumed_from=start if start else None)
-            if progress is not None:
-                progress(group, chunk_index, step, total, n, host)
-
-        state = train.run(pop, state, data, start=start, total=total, on_eval=on_eval)
-    if summaries is not None:
-        summaries.close_chunk()
-        summary_lib.write_aggregates(workdir)
-    return state
-
-
-_POPULATIONS: dict = {}
-
-
-def population_for(group, dataset) -> pop_lib.Population:
-    """The group's Population, built once per process: its compiled programs
-    are reused by every chunk and by a rerun in the same process. Dropout
-    masks, the L2 term and each intervention are compiled in only if some
-    member needs them."""
-    uses_dropout = any(p.config.model.dropout > 0 for p in group.points)
-    uses_l2 = any(p.config.optim.weight_decay > 0 for p in group.points)
-    methods = pop_lib.group_interventions([p.config for p in group.points])
-    key = (group.id, uses_dropout, uses_l2, methods)
-    if key not in _POPULATIONS:
-        _POPULATIONS[key] = pop_lib.Population(group.config, dataset,
-                                               uses_dropout=uses_dropout, uses_l2=uses_l2,
-                                               methods=methods)
-    return _POPULATIONS[key]
+def group_spec(group, dataset) -> pop_lib.GroupSpec:
+    """The static description of ``group``'s program: dropout masks, the L2
+    term and each remedy are compiled in only if some member needs them."""
+    return pop_lib.spec_for([p.config for p in group.points], dataset)
 
 
 def task_share(groups, num_tasks: int, task_index: int) -> list[tuple]:
@@ -288,12 +201,12 @@ def run_sweep(base, sweep, workdir, overrides=None, *, progress=None,
             if not todo:
                 continue
             dataset = data_lib.load(group.config)
-            pop = population_for(group, dataset)
+            compiled = pop_lib.compiled(group_spec(group, dataset))
             data = sharding.replicate(
-                pop_lib.device_data(dataset, data_lib.probe_indices(group.config)))
+                data_lib.device_data(dataset, data_lib.probe_indices(group.config)))
             for chunk_index in todo:
-                run_chunk(pop, group, chunk_index, by_chunk[chunk_index], data, workdir,
-                          swept, summaries=summaries, progress=progress)
+                train.run_chunk(compiled, group, chunk_index, by_chunk[chunk_index], data,
+                                workdir, swept, summaries=summaries, progress=progress)
     finally:
         if summaries is not None:
             summaries.close()

@@ -42,6 +42,7 @@ step or later, so no step shows twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -53,9 +54,13 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import summary_v2 as hp
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from deadjax import config as config_lib
+from deadjax import results
 
 TENSORBOARD = "tensorboard"
 AGGREGATE = "aggregate"
@@ -386,8 +391,6 @@ class SweepSummaries:
 def swept_columns(frame, workdir=None) -> list[str]:
     """The swept-field columns of a results table: the fields the points of
     ``DIR/points.jsonl`` override, else the columns that are config fields."""
-    from deadjax import results
-
     path = Path(workdir) / "points.jsonl" if workdir is not None else None
     if path is not None and path.exists():
         fields: list[str] = []
@@ -396,7 +399,6 @@ def swept_columns(frame, workdir=None) -> list[str]:
                 if f not in fields:
                     fields.append(f)
         return [f for f in fields if f in frame.columns]
-    from deadjax import config as config_lib
     base = config_lib.default_config()
 
     def is_field(name):
@@ -414,8 +416,6 @@ def aggregate_frame(frame, swept: Sequence[str], metrics: Sequence[str] = AGGREG
     swept fields other than ``seed``; ``table`` one row per (setting, step) with
     columns ``(metric, stat)`` for stat in mean/min/max (NaN values are
     skipped; all-NaN gives NaN) and ``("seeds", "count")`` (points with a row)."""
-    import pandas as pd
-
     keys = [c for c in swept if c != "seed"]
     present = [m for m in metrics if m in frame.columns]
     grouped = frame.groupby(keys + ["step"], dropna=False, sort=True)
@@ -433,8 +433,6 @@ def write_aggregates(workdir, metrics: Sequence[str] = AGGREGATE_METRICS) -> lis
     Call it after each chunk: each run is rewritten whole (new file in place,
     then the old removed). Nothing is written when ``seed`` is not swept or
     there are no results yet. Returns the event files written."""
-    from deadjax import results
-
     workdir = Path(workdir)
     try:
         frame = results.load_results(workdir)
@@ -453,7 +451,6 @@ def write_aggregates(workdir, metrics: Sequence[str] = AGGREGATE_METRICS) -> lis
         key = key if isinstance(key, tuple) else (key,)
         name = _name_from(dict(zip(keys, key)), labels) if keys else "all"
         if len(name) > MAX_RUN_NAME:
-            import hashlib
             digest = hashlib.sha1(name.encode()).hexdigest()[:10]
             name = name[:MAX_RUN_NAME - 11] + "," + digest
         steps = sub.index.get_level_values("step").to_numpy()

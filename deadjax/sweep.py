@@ -2,10 +2,10 @@
 
 An experiment's ``get_sweep()`` returns a list of points, each a dict from
 dotted config fields to values. :func:`product` and :func:`zipped` build such
-lists. Points that agree in every static field (all fields but
-``config.PER_MEMBER_FIELDS``) form a *group*, trained as one population in one
-compiled program; a group is split into chunks of at most
-``train.max_population`` members.
+lists. Points that agree in every static field (all fields but the
+per-member ones, :func:`deadjax.config.per_member_fields`) form a *group*,
+trained as one population in one compiled program; a group is split into
+chunks of at most ``train.max_population`` members.
 
 Ids are content hashes, stable across runs: a point's id hashes its overrides,
 a group's id hashes its static fields. Adding seeds to a sweep keeps every old
@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import ml_collections
 
 from deadjax import config as config_lib
-from deadjax.config import ConfigError
+from deadjax.errors import ConfigError
 
 Point = Mapping[str, Any]
 
@@ -125,7 +125,8 @@ class Group:
 
 def static_fields(config) -> dict:
     flat = config_lib.flatten(config)
-    return {k: _jsonable(v) for k, v in flat.items() if k not in config_lib.PER_MEMBER_FIELDS}
+    per_member = set(config_lib.per_member_fields())
+    return {k: _jsonable(v) for k, v in flat.items() if k not in per_member}
 
 
 def resolve_points(base: ml_collections.ConfigDict, sweep: Iterable[Point],
@@ -163,14 +164,15 @@ def group_points(points: list[PointSpec]) -> list[Group]:
     The run length (``train.steps``) is left out of a group's id unless the
     sweep itself varies it, so that a workdir resumed with more steps keeps
     its groups, checkpoints and results; so are fields added to deadjax later
-    while they hold their defaults (``config.ADDED_FIELDS``).
+    while they hold their defaults (``Field.added``, :func:`deadjax.config.added_fields`).
     """
     groups: dict[str, Group] = {}
     defaults = static_fields(config_lib.default_config())
+    run_length, added = set(config_lib.run_length_fields()), set(config_lib.added_fields())
     for p in points:
         key = {k: v for k, v in static_fields(p.config).items()
-               if (k not in config_lib.RUN_LENGTH_FIELDS or k in p.values)
-               and not (k in config_lib.ADDED_FIELDS and v == defaults.get(k))}
+               if (k not in run_length or k in p.values)
+               and not (k in added and v == defaults.get(k))}
         gid = "g" + _hash(key, 8)
         p.group = gid
         groups.setdefault(gid, Group(gid, p.config, [])).points.append(p)

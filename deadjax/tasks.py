@@ -38,12 +38,13 @@ them. See docs/data.md, "Non-stationary tasks".
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 __all__ = [
-    "TASKS", "DEFAULT_NUM_BITS", "DEFAULT_NUM_FLIPPING", "TEACHER_HIDDEN",
+    "TASKS", "DATA_TASKS", "Tasks", "for_data", "DEFAULT_NUM_BITS", "DEFAULT_NUM_FLIPPING", "TEACHER_HIDDEN",
     "TEACHER_BETA", "DEFAULT_FLIP_AFTER",
     "task_key", "task_index",
     "input_permutation", "label_permutation",
@@ -51,6 +52,9 @@ __all__ = [
 ]
 
 TASKS = ("permuted_inputs", "shuffled_labels", "slowly_changing_regression")
+
+# The values of ``data.task``: how a classification dataset changes over training.
+DATA_TASKS = ("stationary", "permuted_inputs", "shuffled_labels")
 
 # Slowly-changing regression, values of the authors' configuration
 # shibhansh/loss-of-plasticity, lop/slowly_changing_regression/cfg/prob.json and
@@ -328,3 +332,76 @@ def regression_batch(key, teacher: dict, sample_key, t, batch_size: int,
     fresh = jax.random.bernoulli(sample_key, 0.5, (b, m - f)).astype(jnp.float32)
     x = jnp.concatenate([bits, fresh, jnp.ones((b, 1), jnp.float32)], axis=1)
     return x, teacher_output(teacher, x)
+
+
+# ---------------------------------------------------------------------------
+# A group's tasks inside the trainer
+# ---------------------------------------------------------------------------
+
+class Tasks(NamedTuple):
+    """How a group's data change with the training step, built once per
+    compiled program by :func:`for_data` (its arrays are constants of the
+    program). ``kind`` is ``"stationary"``, ``"permuted_inputs"``,
+    ``"shuffled_labels"`` or ``"slowly_changing_regression"``."""
+
+    kind: str
+    every: int                 # training steps per task
+    key: jax.Array | None      # task_key(data.seed, kind); None when stationary
+    teacher: dict | None       # the regression's target network
+    num_features: int
+    num_classes: int
+    flipping_bits: int
+
+    @property
+    def is_stream(self) -> bool:
+        """Whether training batches are fresh draws (the regression stream)."""
+        return self.kind == "slowly_changing_regression"
+
+    def at(self, step):
+        """The task the training step ``step`` (0-based) learns: ``step //
+        every`` (0 for stationary data)."""
+        if self.kind == "stationary":
+            return jnp.zeros((), jnp.int32)
+        return task_index(step, self.every)
+
+    def evaluated(self, step):
+        """The task an evaluation after ``step`` steps measures: the task of
+        the last step taken (task 0 at step 0)."""
+        return self.at(jnp.maximum(step - 1, 0))
+
+    def present(self, x, y, t):
+        """Stored inputs ``x`` and targets ``y`` as task ``t`` presents them:
+        permuted input features, permuted class labels, or (the regression)
+        task ``t``'s flipping bits in the first columns and the teacher's
+        targets."""
+        if self.kind == "permuted_inputs":
+            return x[:, input_permutation(self.key, t, self.num_features)], y
+        if self.kind == "shuffled_labels":
+            return x, label_permutation(self.key, t, self.num_classes)[y]
+        if self.is_stream:
+            f = self.flipping_bits
+            bits = flipping_bits(self.key, t, self.num_features, f).astype(x.dtype)
+            x = x.at[:, :f].set(jnp.broadcast_to(bits, (x.shape[0], f)))
+            full = jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)
+            return x, teacher_output(self.teacher, full).astype(x.dtype)
+        return x, y
+
+    def stream_batch(self, sample_key, t, batch_size: int, dtype):
+        """``batch_size`` fresh examples of task ``t`` of the regression
+        stream (:func:`regression_batch`); the network sees the ``m`` bits,
+        not the constant bias bit."""
+        x, y = regression_batch(self.key, self.teacher, sample_key, t, batch_size,
+                                self.flipping_bits)
+        return x[:, :-1].astype(dtype), y.astype(dtype)
+
+
+def for_data(config, num_features: int, num_classes: int) -> Tasks:
+    """The :class:`Tasks` of a config's ``data`` fields (``data.name`` for the
+    regression stream, else ``data.task``), with its key and teacher computed
+    here, on the host."""
+    d = config.data
+    kind = d.name if d.name == "slowly_changing_regression" else d.task
+    key = task_key(int(d.seed), kind) if kind != "stationary" else None
+    teacher = regression_teacher(key, int(d.num_features)) if kind == TASKS[2] else None
+    return Tasks(kind, int(d.task_every), key, teacher, int(num_features), int(num_classes),
+                 int(d.flipping_bits))

@@ -57,6 +57,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 from deadjax import activations
+from deadjax.initializers import RAI_SIGMA
 
 __all__ = [
     "variance_map", "qstar", "chi1", "critical_sigma_w2", "correlation_map", "cstar",
@@ -494,8 +495,6 @@ def born_dead_monte_carlo(width: int | Sequence[int], depth: int | None = None, 
     form for it at a fixed input, so this is the way to obtain it.
     ``x`` defaults to a fixed N(0, I) draw of ``input_dim`` entries (seed 12345).
     """
-    from deadjax.initializers import RAI_SIGMA
-
     ws = _widths(width, depth)
     if init not in ("symmetric", "rai"):
         raise ValueError(f"init = {init!r} is not allowed; choose 'symmetric' or 'rai'.")

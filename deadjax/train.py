@@ -1,18 +1,37 @@
-"""The loop of one population: evaluations every ``train.eval_every`` steps.
+"""The host loop of one chunk, top to bottom.
 
-The host loop runs once per evaluation interval, never per step or per
-member: each iteration calls the compiled ``train_chunk`` (``eval_every``
-steps of the vmapped step under ``lax.scan``, then every member's evaluation
-and diagnostics) and hands the evaluation to ``on_eval``, which writes results
-and summaries. ``on_eval`` owns the device-to-host transfer; the loop owns
-neither logging nor diagnostics.
+A chunk (up to ``train.max_population`` members of one group, padded to the
+population size and sharded over the devices) starts from its latest
+checkpoint, or from ``init`` at step 0. Then, once per evaluation (never per
+step or per member), in this order:
+
+1. **program call**: the group's one compiled program trains every member to
+   the evaluation's step and evaluates them (the step-0 evaluation is the same
+   program with no step to take);
+2. **device to host**: the evaluation's scalars (and, at full evaluations,
+   histograms) come to the host as NumPy arrays;
+3. **checkpoint**: every ``train.checkpoint_every`` steps and at the last
+   step, the real members' state is saved (Orbax, asynchronously);
+4. **rows**: the evaluation's rows of the results table (and histograms);
+5. **summaries**: TensorBoard events;
+6. **progress**: the progress display.
+
+:func:`run_chunk` is that loop; :func:`evaluation_steps` and
+:func:`is_full_evaluation` say when it evaluates and how much.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import logging
 
-from deadjax.population import MemberState, Population
+import jax
+import numpy as np
+
+from deadjax import checkpoints, population, results, sharding
+from deadjax import summaries as summary_lib
+from deadjax import sweep as sweep_lib
+
+log = logging.getLogger("deadjax")
 
 
 def evaluation_steps(start: int, total: int, eval_every: int) -> list[int]:
@@ -34,21 +53,81 @@ def is_full_evaluation(step: int, total: int, config) -> bool:
     return step == 0 or step == total or step % every == 0
 
 
-def run(pop: Population, state: MemberState, data: dict, *, start: int, total: int,
-        on_eval: Callable[[int, MemberState, dict, dict], None]) -> MemberState:
-    """Trains ``state`` (at step ``start``) to step ``total``.
+def _pad(state, size: int):
+    """Fills a state of n real members up to ``size`` with copies of member 0.
+    Padding members are trained like member 0 and never leave the program."""
+    n = jax.tree.leaves(state)[0].shape[0]
+    if n == size:
+        return state
+    idx = np.concatenate([np.arange(n), np.zeros(size - n, np.int64)])
+    return jax.tree.map(lambda a: a[idx], state)
 
-    At ``start == 0`` the initialisation is evaluated first (step 0).
-    ``on_eval(step, state, scalars, histograms)`` is called after each
-    evaluation with device arrays (leading member axis); ``histograms`` is
-    empty, and the costly diagnostics NaN, where the evaluation is not full
-    (:func:`is_full_evaluation`).
-    """
-    if start == 0:
-        state, scalars, hists = pop.evaluate(state, data)
-        on_eval(0, state, scalars, hists)
-    for stop in evaluation_steps(start, total, pop.config.train.eval_every):
-        full = is_full_evaluation(stop, total, pop.config)
-        state, scalars, hists = pop.train_chunk(state, data, stop, full)
-        on_eval(stop, state, scalars, hists if full else {})
+
+def _real(state, n: int):
+    return jax.tree.map(lambda a: a[:n], state)
+
+
+def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: list, data,
+              workdir, swept, *, summaries=None, progress=None):
+    """Trains one chunk of ``group`` (its real ``members``, in order) from its
+    latest checkpoint to ``train.steps``, writing at every evaluation; returns
+    the final state (padded members included)."""
+    cfg = group.config
+    total = cfg.train.steps
+    n = len(members)
+    size = sharding.population_size(len(group.points), group.chunk_size)
+    padded = members + [members[0]] * (size - n)
+    seeds = np.asarray([p.config.seed for p in padded], np.int32)
+    hparams = compiled.program.hparams_of([p.config for p in padded])
+    state = compiled.init(*sharding.shard_members((seeds, hparams)))
+    ids = [p.id for p in members]
+    meta = {"points": ids, "group": group.id, "chunk": chunk_index,
+            "config": sweep_lib._jsonable(cfg)}
+    writer = sharding.is_writer()
+
+    with checkpoints.ChunkCheckpointer(workdir, group.id, chunk_index,
+                                       max_to_keep=cfg.train.keep_checkpoints) as ckpt:
+        template = jax.tree.map(lambda a: np.zeros((n,) + a.shape[1:], a.dtype), state)
+        found = ckpt.restore_latest(template, points=ids)
+        start = 0
+        if found is not None:
+            start, restored, _ = found
+            state = sharding.shard_members(_pad(restored, size))
+            log.info("resuming %s chunk %d at step %d", group.id, chunk_index, start)
+            if start >= total:
+                return state
+        if progress is not None and writer:
+            progress.begin(group, chunk_index, start, n)
+
+        # Step 0 is the initialisation, evaluated by the same program.
+        for step in ([0] if start == 0 else []) + evaluation_steps(start, total,
+                                                                   cfg.train.eval_every):
+            full = is_full_evaluation(step, total, cfg)
+            # 1. the program call
+            state, scalars, hists = compiled.train_chunk(state, data, step, full)
+            # 2. device to host (collective: every process takes part)
+            host = sharding.to_host(scalars)
+            host_hists = sharding.to_host(hists) if full and hists else {}
+            # 3. checkpoint (collective too); step 0 needs none: the
+            #    initialisation is recomputed exactly from the seeds
+            if step > 0 and (step % cfg.train.checkpoint_every == 0 or step == total):
+                ckpt.save(step, _real(state, n), meta)
+            if not writer:
+                continue
+            # 4. rows
+            results.write_part(workdir, group.id, chunk_index, step,
+                               results.rows_for_evaluation(members, step, host, swept))
+            if host_hists:
+                results.write_histograms(workdir, group.id, chunk_index, step, members,
+                                         host_hists)
+            # 5. summaries
+            if summaries is not None:
+                summaries.write_evaluation(members, step, host, host_hists,
+                                           resumed_from=start if start else None)
+            # 6. progress
+            if progress is not None:
+                progress(group, chunk_index, step, total, n, host)
+    if summaries is not None:
+        summaries.close_chunk()
+        summary_lib.write_aggregates(workdir)
     return state

@@ -9,7 +9,7 @@ Sections (``--only``):
 ``core``
     member-steps per second of the seed MLP (784-128-128-10 ReLU, He-normal,
     batch 128, Adam 1e-3, ``random`` data, ``shuffle`` order) trained by
-    deadjax (``Population.train_chunk``, diagnostics off) against a
+    deadjax (``population.Compiled.train_chunk``, diagnostics off) against a
     hand-written ``jit(scan(vmap(step)))`` of the same model and against the
     members trained one after another (``jit(scan(step))`` per member), from
     the same initial state; compile time apart; the share of the device's
@@ -50,7 +50,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from deadjax import benchmarking as bm  # noqa: E402
-from deadjax import data as data_lib  # noqa: E402
+from deadjax import checkpoints, interventions, population, results, runner  # noqa: E402
+from deadjax import data as data_lib, sharding, summaries  # noqa: E402
 from deadjax.config import default_config  # noqa: E402
 
 
@@ -137,7 +138,7 @@ def compile_timed(jitted, *example):
 class Runner:
     """Calls a compiled program that maps ``(state, *extra) -> (state, ...)``
     and keeps its state. ``stop_after``: the program is deadjax's
-    ``chunk_program``, whose last arguments are the step to train to (it
+    ``Compiled.chunk``, whose last arguments are the step to train to (it
     trains ``stop - step`` steps) and whether the evaluation is full, so each
     call passes ``step + stop_after`` and the next entry of ``full`` (a
     cycle)."""
@@ -184,11 +185,11 @@ def core_row(population: int, args, peak: float) -> dict:
     steps = steps_for(population, args)
     cfg = bm.seed_config(eval_every=steps, steps=10 ** 6, precision=args.precision,
                          max_population=population)
-    pop, state, data = bm.deadjax_population(cfg, population)
+    compiled, state, data = bm.deadjax_population(cfg, population)
     hw = bm.Handwritten(cfg, data_lib.load(cfg))
     members = hw.from_deadjax(state)
     loop_states = [bm.member(members, i) for i in range(min(population, args.loop_members))]
-    dj_prog, dj_compile = compile_timed(pop.chunk_program, state, data, jnp.int32(steps),
+    dj_prog, dj_compile = compile_timed(compiled.chunk, state, data, jnp.int32(steps),
                                         jnp.bool_(True))
     hw_prog, hw_compile = compile_timed(hw.population_program(steps), members)
     loop_prog, _ = compile_timed(hw.member_program(steps), loop_states[0])
@@ -260,8 +261,8 @@ def diagnostics_overhead(args) -> str:
     for name, enabled in (("off", False), ("on", True)):
         cfg = bm.seed_config(eval_every=every, steps=10 ** 6, diagnostics=enabled,
                              precision=args.precision, max_population=population)
-        pop, state, data = bm.deadjax_population(cfg, population)
-        prog, compiles[name] = compile_timed(pop.chunk_program, state, data, jnp.int32(every),
+        compiled, state, data = bm.deadjax_population(cfg, population)
+        prog, compiles[name] = compile_timed(compiled.chunk, state, data, jnp.int32(every),
                                              jnp.bool_(True))
         runners[name] = Runner(prog, state, data, stop_after=every,
                                full=(True,) + (False,) * (full_every - 1))
@@ -286,16 +287,15 @@ def interventions_overhead(args) -> str:
     """Every member using one intervention against none, ``interventions.every
     = 100`` and ``train.eval_every = 100``: a timed interval of 100 steps holds
     one application of the periodic methods and 100 of continual backprop."""
-    from deadjax.config import INTERVENTIONS
     population, every, chunks = args.diag_population, 100, 2
     runners, compiles = {}, {}
-    for method in INTERVENTIONS:
+    for method in interventions.names():
         cfg = bm.seed_config(eval_every=every, steps=10 ** 6, diagnostics=False,
                              precision=args.precision, max_population=population)
         cfg.interventions.method = method
         cfg.interventions.every = every
-        pop, state, data = bm.deadjax_population(cfg, population)
-        prog, compiles[method] = compile_timed(pop.chunk_program, state, data,
+        compiled, state, data = bm.deadjax_population(cfg, population)
+        prog, compiles[method] = compile_timed(compiled.chunk, state, data,
                                                jnp.int32(every), jnp.bool_(False))
         runners[method] = Runner(prog, state, data, stop_after=every, full=(False,))
     times = interleaved(runners, args.repeats, calls=chunks)
@@ -359,38 +359,27 @@ def patched(owner, attr: str, value):
         setattr(owner, attr, original)
 
 
-def timed_train_run(clock: Clock, original):
-    """``train.run`` whose programs and on_eval are timed apart: each program
-    call is waited for, so on_eval's time is the writing alone."""
-    def run(pop, state, data, *, start, total, on_eval):
-        programs = {"evaluate": pop.evaluate, "train_chunk": pop.train_chunk}
+def timed_program(clock: Clock):
+    """``Compiled.train_chunk`` waited for and timed: training calls apart
+    from evaluations alone (the step-0 evaluation), so the rest of the host
+    loop's time is the writing."""
+    original = population.Compiled.train_chunk
 
-        def timed_program(name, fn):
-            def call(state, data, *stop):
-                trains = bool(stop) and int(stop[0]) > int(jax.device_get(state.step[0]))
-                t = time.perf_counter()
-                out = jax.block_until_ready(fn(state, data, *stop))
-                # An evaluation alone (step 0) is timed apart from training.
-                clock.add(name if trains else "evaluate", time.perf_counter() - t)
-                return out
-            return call
+    def call(self, state, data, stop, full=True):
+        trains = int(stop) > int(jax.device_get(state.step[0]))
+        t = time.perf_counter()
+        out = jax.block_until_ready(original(self, state, data, stop, full))
+        clock.add("train_chunk" if trains else "evaluate", time.perf_counter() - t)
+        return out
 
-        def timed_eval(*a):
-            t = time.perf_counter()
-            on_eval(*a)
-            clock.add("on_eval (all writing)", time.perf_counter() - t)
+    return patched(population.Compiled, "train_chunk", call)
 
-        # evaluate() calls train_chunk, so only train_chunk is wrapped.
-        pop.train_chunk = timed_program("train_chunk", programs["train_chunk"])
-        try:
-            return original(pop, state, data, start=start, total=total, on_eval=timed_eval)
-        finally:
-            pop.evaluate, pop.train_chunk = programs["evaluate"], programs["train_chunk"]
-    return run
+
+WRITING = ("device to host", "results parquet", "histograms parquet", "TensorBoard",
+           "Orbax save")
 
 
 def io_overhead(args) -> str:
-    from deadjax import checkpoints, results, runner, summaries, train
     cfg = bm.seed_config(eval_every=100, steps=args.io_steps, diagnostics=args.io_diagnostics,
                          precision=args.precision, max_population=args.io_population)
     cfg.train.checkpoint_every = 1000
@@ -404,7 +393,8 @@ def io_overhead(args) -> str:
         stack.enter_context(clock.wrap(checkpoints.ChunkCheckpointer, "save", "Orbax save"))
         stack.enter_context(clock.wrap(summaries.SweepSummaries, "write_evaluation",
                                        "TensorBoard"))
-        stack.enter_context(patched(train, "run", timed_train_run(clock, train.run)))
+        stack.enter_context(clock.wrap(sharding, "to_host", "device to host"))
+        stack.enter_context(timed_program(clock))
         t = time.perf_counter()
         runner.run_sweep(cfg, sweep, workdir, tensorboard=True)
         wall = time.perf_counter() - t
@@ -413,7 +403,7 @@ def io_overhead(args) -> str:
     # The first training call may include compilation: count it at the
     # steady-state time. The step-0 evaluation (compiled there) is left out.
     train_s = steady * len(chunks)
-    writing = clock.seconds.get("on_eval (all writing)", 0.0)
+    writing = sum(clock.seconds.get(k, 0.0) for k in WRITING)
     lines = [f"{args.io_population} seeds, train.steps = {args.io_steps}, eval_every 100, "
              f"checkpoint_every {cfg.train.checkpoint_every}, diagnostics "
              f"{'on' if args.io_diagnostics else 'off'}, TensorBoard on; "
@@ -421,12 +411,12 @@ def io_overhead(args) -> str:
              "| part | seconds | calls | % of training time |", "|---|---:|---:|---:|",
              f"| training (steady state, {len(chunks)} intervals) | {train_s:.2f} | "
              f"{len(chunks)} | 100 |"]
-    for name in ("results parquet", "histograms parquet", "TensorBoard", "Orbax save",
-                 "on_eval (all writing)"):
+    for name in WRITING:
         if name in clock.seconds:
             s = clock.seconds[name]
             lines.append(f"| {name} | {s:.2f} | {len(clock.calls[name])} | "
                          f"{100 * s / train_s:.1f} |")
+    lines.append(f"| all writing | {writing:.2f} | | {100 * writing / train_s:.1f} |")
     share = writing / train_s
     lines.append(f"\nwriting costs {100 * share:.1f}% of the training time "
                  f"({'below' if share < 0.10 else 'ABOVE'} the 10% budget)")

@@ -1,7 +1,10 @@
+import dataclasses
 import os
 
+import numpy as np
 import pytest
 
+from deadjax import data, population
 from deadjax.config import default_config
 
 
@@ -34,3 +37,22 @@ def tiny_config(**fields):
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+def compiled_for(base, members=None, **spec_fields):
+    """The compiled programs of a group whose static fields are ``base``'s
+    (its optional work decided by ``members``, default ``[base]``), with
+    ``spec_fields`` replacing fields of its GroupSpec (e.g. ``remedies=``)."""
+    spec = population.spec_for(members or [base], data.load(base))
+    return population.compiled(dataclasses.replace(spec, **spec_fields))
+
+
+def init_members(compiled, configs, seeds=None):
+    """The initial state of ``configs``' members (seeds from the configs)."""
+    seeds = [c.seed for c in configs] if seeds is None else seeds
+    return compiled.init(np.asarray(seeds, np.int32), compiled.program.hparams_of(configs))
+
+
+def device_data(config):
+    """The device data a group of ``config`` reads."""
+    return data.device_data(data.load(config), data.probe_indices(config))

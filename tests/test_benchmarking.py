@@ -34,17 +34,16 @@ def test_handwritten_step_trains_what_deadjax_trains():
 
     # The loss of the first step, on the same batch, from the same parameters.
     first = jax.vmap(lambda m: hw.step(m)[1])(members)
-    x, y = data["x_train"], data["y_train"]
+    x, y = data["train"]
     for i in range(3):
         idx = data_lib.batch_indices(0, num_train=hw.n, batch_size=hw.b, order="shuffle",
                                      member_key=state.data_key[i])
-        logits = pop.model.apply({"params": jax.tree.map(lambda a: a[i], state.params)},
-                                 x[idx], jax.tree.map(lambda a: a[i], state.hparams))
+        logits = pop.program.apply(jax.tree.map(lambda a: a[i], state), x[idx])
         ref = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(hw.b), y[idx]])
         np.testing.assert_allclose(first[i], ref, rtol=1e-6)
 
     after, _ = hw.population_program(steps)(members)
-    state, scalars, _ = pop.train_chunk(state, data, jnp.int32(steps))
+    state, scalars, _ = pop.train_chunk(state, data, steps)
     names = sorted(state.params, key=lambda n: int(n.split("_")[1]))
     for l, n in enumerate(names):
         np.testing.assert_allclose(after[0][l][0], state.params[n]["kernel"], rtol=1e-5, atol=1e-6)

@@ -15,6 +15,7 @@ import pytest
 
 from deadjax import checkpoints, config as config_lib, data, population
 from deadjax.checkpoints import ChunkCheckpointer, CheckpointWarning, load_member
+from tests.conftest import compiled_for, device_data
 
 GROUP = "g0123456789"
 POINTS = ["pa", "pb", "pc"]
@@ -47,13 +48,12 @@ def _config():
 @pytest.fixture(scope="module")
 def setup():
     cfg = _config()
-    ds = data.load(cfg)
-    pop = population.Population(cfg, ds)
-    dev = population.device_data(ds, data.probe_indices(cfg))
+    pop = compiled_for(cfg)
+    dev = device_data(cfg)
     seeds = np.arange(3, dtype=np.int32)
-    hparams = population.hparams_of([cfg] * 3)
+    hparams = pop.program.hparams_of([cfg] * 3)
     state = pop.init(seeds, hparams)
-    state, _, _ = pop.train_chunk(state, dev, jnp.int32(2))
+    state, _, _ = pop.train_chunk(state, dev, 2)
     template = jax.eval_shape(pop.init, seeds, hparams)
     return cfg, pop, dev, state, template, (seeds, hparams)
 
@@ -150,7 +150,7 @@ def test_async_save_survives_donation(tmp_path, setup):
     ck = ChunkCheckpointer(tmp_path, GROUP, 0)
     ck.save(0, fresh, _meta(cfg))
     # The next compiled call donates `fresh`'s buffers while the save may still run.
-    pop.train_chunk(fresh, dev, jnp.int32(2))
+    pop.train_chunk(fresh, dev, 2)
     assert fresh.params["Dense_0"]["kernel"].is_deleted()
     ck.wait()
     step, restored, _ = ck.restore_latest(template)
@@ -289,7 +289,7 @@ def test_load_member_skips_a_damaged_newest_step_read_only(tmp_path, setup):
     cfg, pop, dev, state, _, _ = setup
     with ChunkCheckpointer(tmp_path, GROUP, 0) as ck:
         ck.save(2, state, _meta(cfg))
-        later, _, _ = pop.train_chunk(jax.tree.map(jnp.copy, state), dev, jnp.int32(4))
+        later, _, _ = pop.train_chunk(jax.tree.map(jnp.copy, state), dev, 4)
         ck.save(4, later, _meta(cfg))
     _write_points(tmp_path)
     d = checkpoints.checkpoint_dir(tmp_path, GROUP, 0)
@@ -305,10 +305,10 @@ def test_load_member_skips_a_damaged_newest_step_read_only(tmp_path, setup):
 
 def test_resumed_training_equals_uninterrupted(tmp_path, setup):
     cfg, pop, dev, state, template, _ = setup
-    straight, _, _ = pop.train_chunk(jax.tree.map(jnp.copy, state), dev, jnp.int32(4))
+    straight, _, _ = pop.train_chunk(jax.tree.map(jnp.copy, state), dev, 4)
     _saved(tmp_path, setup, steps=(2,))
     with ChunkCheckpointer(tmp_path, GROUP, 0) as ck:
         step, restored, _ = ck.restore_latest(template)
-    resumed, _, _ = pop.train_chunk(restored, dev, jnp.int32(4))
+    resumed, _, _ = pop.train_chunk(restored, dev, 4)
     assert step == 2 and int(np.asarray(resumed.step)[0]) == 4
     _bitwise_equal(resumed, straight)

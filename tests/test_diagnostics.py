@@ -7,16 +7,19 @@ import numpy as np
 import pytest
 
 from deadjax import data, population
-from tests.conftest import tiny_config
+from tests.conftest import compiled_for, device_data, init_members, tiny_config
 
 
 def _setup(**fields):
     cfg = tiny_config(**fields)
-    ds = data.load(cfg)
-    pop = population.Population(cfg, ds)
-    dd = population.device_data(ds, data.probe_indices(cfg))
-    state = pop.init(np.arange(2, dtype=np.int32), population.hparams_of([cfg] * 2))
-    return cfg, pop, dd, state
+    pop = compiled_for(cfg)
+    state = init_members(pop, [cfg] * 2, seeds=[0, 1])
+    return cfg, pop, device_data(cfg), state
+
+
+def _evaluate(pop, state, dd):
+    """The evaluation at the members' current step (no step to take)."""
+    return pop.train_chunk(state, dd, int(jax.device_get(state.step[0])))
 
 
 def _numpy_backprop(params, x, y, num_classes):
@@ -38,8 +41,8 @@ def _numpy_backprop(params, x, y, num_classes):
 
 def test_gradient_flow_and_signal_metrics_match_numpy():
     cfg, pop, dd, state = _setup()
-    state, scalars, hists = jax.device_get(pop.evaluate(state, dd))
-    x, y = np.asarray(dd["probe_x"], np.float64), np.asarray(dd["probe_y"])
+    state, scalars, hists = jax.device_get(_evaluate(pop, state, dd))
+    x, y = np.asarray(dd["probe"][0], np.float64), np.asarray(dd["probe"][1])
     for m in range(2):
         params = jax.tree.map(lambda a: np.asarray(a[m]), state.params)
         ref = _numpy_backprop(params, x, y, 4)
@@ -82,7 +85,7 @@ def test_network_born_dead_on_purpose():
     params = jax.device_get(state.params)
     params["Dense_1"]["bias"] = np.full_like(params["Dense_1"]["bias"], -1e3)  # member-wide
     state = state.replace(params=jax.tree.map(jnp.asarray, params))
-    state, scalars, _ = jax.device_get(pop.evaluate(state, dd))
+    state, scalars, _ = jax.device_get(_evaluate(pop, state, dd))
     np.testing.assert_array_equal(scalars["dead_fraction/layer_1"], [1.0, 1.0])
     np.testing.assert_array_equal(scalars["output_constant"], [1.0, 1.0])
     np.testing.assert_array_equal(scalars["born_dead"], [1.0, 1.0])
@@ -95,9 +98,9 @@ def test_network_born_dead_on_purpose():
 
 def test_healthy_network_is_not_born_dead_and_flag_is_kept():
     cfg, pop, dd, state = _setup()
-    state, scalars, _ = pop.evaluate(state, dd)
+    state, scalars, _ = _evaluate(pop, state, dd)
     assert np.all(np.asarray(scalars["born_dead"]) == 0)
-    state, scalars, _ = jax.device_get(pop.train_chunk(state, dd, jnp.int32(10)))
+    state, scalars, _ = jax.device_get(pop.train_chunk(state, dd, 10))
     assert np.all(scalars["born_dead"] == 0) and np.all(scalars["dead_persistent/layer_0"] >= 0)
 
 
@@ -105,12 +108,12 @@ def test_healthy_network_is_not_born_dead_and_flag_is_kept():
 def test_jacobian_with_normalisation_matches_autodiff(norm):
     cfg, pop, dd, state = _setup(model__norm=norm, model__residual=True,
                                  model__widths=(8, 8), model__activation="tanh")
-    state, scalars, _ = jax.device_get(pop.evaluate(state, dd))
+    state, scalars, _ = jax.device_get(_evaluate(pop, state, dd))
     member = jax.tree.map(lambda a: a[0], state)
     variables = {"params": member.params}
     if member.batch_stats:
         variables["batch_stats"] = member.batch_stats
-    x = dd["probe_x"][: cfg.diagnostics.jacobian_probe_size]
+    x = dd["probe"][0][: cfg.diagnostics.jacobian_probe_size]
 
     def layer_out(h_prev, l, xi):
         """h_l as a function of h_{l-1}, through the model's own captures."""
@@ -130,7 +133,7 @@ def test_jacobian_with_normalisation_matches_autodiff(norm):
             return hp + a if l > 0 else a
         return jax.jacfwd(f)(h_prev)
 
-    _, cap = pop.model.apply(variables, x, member.hparams, capture=True)
+    _, cap = pop.program.apply(member, x, capture=True)
     for l in range(2):
         h_prev = x if l == 0 else cap["out"][l - 1]
         svs = [np.linalg.svd(np.asarray(layer_out(h_prev[i], l, i)), compute_uv=False).mean()
@@ -142,10 +145,10 @@ def test_jacobian_with_normalisation_matches_autodiff(norm):
 def test_diagnostics_are_invariant_to_probe_order():
     cfg, pop, dd, state = _setup(diagnostics__families=("dead", "dormant", "saturation",
                                                         "gradients", "signal", "rank", "output"))
-    _, a, _ = jax.device_get(pop.evaluate(state, dd))
-    perm = np.random.default_rng(0).permutation(dd["probe_x"].shape[0])
-    dd2 = dict(dd, probe_x=dd["probe_x"][perm], probe_y=dd["probe_y"][perm])
-    state2 = pop.init(np.arange(2, dtype=np.int32), population.hparams_of([cfg] * 2))
-    _, b, _ = jax.device_get(pop.evaluate(state2, dd2))
+    _, a, _ = jax.device_get(_evaluate(pop, state, dd))
+    perm = np.random.default_rng(0).permutation(dd["probe"][0].shape[0])
+    dd2 = dict(dd, probe=(dd["probe"][0][perm], dd["probe"][1][perm]))
+    state2 = init_members(pop, [cfg] * 2, seeds=[0, 1])
+    _, b, _ = jax.device_get(_evaluate(pop, state2, dd2))
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-6, err_msg=k)

@@ -9,13 +9,14 @@ from tests.conftest import tiny_config
 
 def _pop(**fields):
     cfg = tiny_config(**fields)
-    return population.Population(cfg, data.load(cfg))
+    return population.spec_for([cfg], data.load(cfg))
 
 
 def test_estimate_counts_the_state_three_times_at_least():
     pop = _pop()
-    hp = population.hparams_of([pop.config])
-    state = jax.eval_shape(pop.init, jax.ShapeDtypeStruct((1,), np.int32),
+    program = population.make_program(pop)
+    hp = program.hparams_of([pop.config])
+    state = jax.eval_shape(program.init, jax.ShapeDtypeStruct((1,), np.int32),
                            jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), hp))
     state_bytes = sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
     assert memory.member_bytes(pop) >= 3 * state_bytes

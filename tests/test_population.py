@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from deadjax import data, population, runner, sweep
-from deadjax.population import Population, device_data, hparams_of
-from tests.conftest import tiny_config
+from tests.conftest import compiled_for, device_data, init_members, tiny_config
 
 
 def _configs(base, n, **per_member):
@@ -31,11 +30,9 @@ def _configs(base, n, **per_member):
 
 
 def _train(base, configs, steps):
-    ds = data.load(base)
-    pop = Population(base, ds)
-    dd = device_data(ds, data.probe_indices(base))
-    state = pop.init(np.asarray([c.seed for c in configs], np.int32), hparams_of(configs))
-    state, scalars, _ = pop.train_chunk(state, dd, jnp.int32(steps))
+    program = compiled_for(base)
+    state = init_members(program, configs)
+    state, scalars, _ = program.train_chunk(state, device_data(base), steps)
     return jax.device_get(state), jax.device_get(scalars)
 
 
@@ -92,7 +89,7 @@ def test_same_config_and_seed_give_identical_results(tmp_path):
     base = tiny_config(diagnostics__families=("dead", "rank"))
     points = sweep.product({"seed": [0, 1, 2]})
     runner.run_sweep(base, points, tmp_path / "a")
-    runner._POPULATIONS.clear()
+    population.compiled.cache_clear()
     runner.run_sweep(base, points, tmp_path / "b")
     a = runner.results.load_results(tmp_path / "a")
     b = runner.results.load_results(tmp_path / "b")
@@ -108,15 +105,17 @@ def test_no_recompilation_across_chunks_evaluations_and_reruns(tmp_path):
         if event == "/jax/core/compile/backend_compile_duration" else None)
     base = tiny_config(train__max_population=4, train__steps=30)
     points = sweep.product({"seed": range(6)})  # chunks of 4 and 2 (+2 padding)
-    runner._POPULATIONS.clear()
+    population.compiled.cache_clear()
     runner.run_sweep(base, points, tmp_path / "a")
-    (pop,) = runner._POPULATIONS.values()
-    assert pop.init._cache_size() == 1
+    assert population.compiled.cache_info().currsize == 1
+    _, (group,), _ = runner.plan(base, points, tmp_path / "a")
+    program = population.compiled(runner.group_spec(group, data.load(base)))
+    assert program.init._cache_size() == 1
     # one program: the step-0 evaluation, 3 chunks of steps, 2 population chunks
-    assert pop.chunk_program._cache_size() == 1
+    assert program.chunk._cache_size() == 1
     before = len(compiles)
     runner.run_sweep(base, points, tmp_path / "b")
-    assert pop.chunk_program._cache_size() == 1
+    assert program.chunk._cache_size() == 1
     assert len(compiles) == before, "a rerun compiled again"
     frame = runner.results.load_results(tmp_path / "b")
     assert sorted(frame.seed.unique()) == list(range(6))  # padding never reaches results
@@ -169,13 +168,12 @@ def test_diverged_member_stops_updating():
     statistics never change again, while its neighbour trains on."""
     base = tiny_config(optim__name="sgd", model__norm="batch", diagnostics__enabled=False)
     members = _configs(base, 2, optim__learning_rate=[0.05, 1e12])
-    ds = data.load(base)
-    pop = Population(base, ds)
-    dd = device_data(ds, data.probe_indices(base))
-    state = pop.init(np.asarray([0, 1], np.int32), hparams_of(members))
-    state, _, _ = pop.train_chunk(state, dd, jnp.int32(10))
+    program = compiled_for(base)
+    dd = device_data(base)
+    state = init_members(program, members)
+    state, _, _ = program.train_chunk(state, dd, 10)
     at_10 = jax.device_get(state)
-    state, scalars, _ = pop.train_chunk(state, dd, jnp.int32(20))
+    state, scalars, _ = program.train_chunk(state, dd, 20)
     at_20 = jax.device_get(state)
     assert list(at_10.diverged) == [False, True]
     assert 0 < at_10.diverged_step[1] < 10 and at_20.diverged_step[1] == at_10.diverged_step[1]

@@ -13,8 +13,7 @@ import pytest
 import deadjax
 from deadjax import data, metrics, population, runner, sweep, tasks
 from deadjax.config import ConfigError, validate
-from deadjax.population import Population, device_data
-from tests.conftest import tiny_config
+from tests.conftest import compiled_for, device_data, init_members, tiny_config
 
 METHODS = ("none", "activation_reset", "redo", "continual_backprop", "shrink_perturb")
 
@@ -43,13 +42,11 @@ def _members(base, methods):
 
 def _train(configs, steps, methods=None, pop=None):
     base = configs[0]
-    ds = data.load(base)
     if pop is None:
-        pop = Population(base, ds, methods=(population.group_interventions(configs)
-                                            if methods is None else methods))
-    dd = device_data(ds, data.probe_indices(base))
-    state = pop.init(np.asarray([c.seed for c in configs], np.int32), pop.hparams_of(configs))
-    state, scalars, _ = pop.train_chunk(state, dd, steps)
+        pop = compiled_for(base, configs,
+                           **({} if methods is None else {"remedies": tuple(methods)}))
+    state = init_members(pop, configs)
+    state, scalars, _ = pop.train_chunk(state, device_data(base), steps)
     return jax.device_get(state), jax.device_get(scalars)
 
 
@@ -111,8 +108,7 @@ def test_every_intervention_acts_and_counts_its_units(mixed):
 def test_population_equals_members_alone(mixed):
     members, (state, scalars) = mixed
     # One population of one member, its program compiled once for all four.
-    alone_pop = Population(members[0], data.load(members[0]),
-                           methods=population.group_interventions(members))
+    alone_pop = compiled_for(members[0], members)
     for k in range(1, len(METHODS)):
         alone_state, alone_scalars = _train([members[k]], 40, pop=alone_pop)
         assert alone_scalars["units_reset/all"][0] == scalars["units_reset/all"][k], METHODS[k]
@@ -147,26 +143,26 @@ def test_task_boundaries_in_results_and_permuted_batches():
                        train__eval_every=10, diagnostics__enabled=False)
     validate(base)
     ds = data.load(base)
-    pop = Population(base, ds)
-    dd = device_data(ds, data.probe_indices(base))
-    state = pop.init(np.zeros(1, np.int32), pop.hparams_of([base]))
-    member = _member(state, 0)
+    dd = device_data(base)
+    plan = data.BatchPlan.of(base, ds.num_train)
+    task_plan = tasks.for_data(base, ds.num_features, ds.num_classes)
+    member = _member(init_members(compiled_for(base), [base], seeds=[0]), 0)
     key = tasks.task_key(base.data.seed, "permuted_inputs")
     for step in (0, 19, 20, 45):
-        m = member.replace(step=jnp.int32(step))
-        x, y = pop._batch(m, dd, pop.task_at(step))
-        idx = data.batch_indices(jnp.int32(step), num_train=pop.num_train,
+        x, y = data.training_batch(plan, task_plan, dd["train"], jnp.int32(step),
+                                   member.data_key, task_plan.at(step))
+        idx = data.batch_indices(jnp.int32(step), num_train=ds.num_train,
                                  batch_size=base.data.batch_size, order=base.data.order,
-                                 member_key=m.data_key, shared_key=pop.shared_key)
-        perm = np.asarray(tasks.input_permutation(key, step // 20, pop.num_features))
+                                 member_key=member.data_key, shared_key=data.shared_key(base))
+        perm = np.asarray(tasks.input_permutation(key, step // 20, ds.num_features))
         np.testing.assert_array_equal(x, ds.x_train[np.asarray(idx)][:, perm])
         np.testing.assert_array_equal(y, ds.y_train[np.asarray(idx)])
     # The evaluation after step s measures the task of step s - 1.
     for step, task in ((0, 0), (10, 0), (20, 0), (21, 1), (40, 1), (41, 2)):
-        assert int(pop.evaluated_task(jnp.int32(step))) == task
-        view = pop.task_view(dd, pop.evaluated_task(jnp.int32(step)))
-        perm = np.asarray(tasks.input_permutation(key, task, pop.num_features))
-        np.testing.assert_array_equal(view["x_test"], ds.x_test[:, perm])
+        assert int(task_plan.evaluated(jnp.int32(step))) == task
+        x_test, _ = task_plan.present(*dd["test"], task_plan.evaluated(jnp.int32(step)))
+        perm = np.asarray(tasks.input_permutation(key, task, ds.num_features))
+        np.testing.assert_array_equal(x_test, ds.x_test[:, perm])
 
 
 def test_task_column_in_results(tmp_path):
@@ -195,9 +191,9 @@ def _regression_config(**fields):
 def test_regression_stream_metrics_equal_numpy():
     base = _regression_config()
     ds = data.load(base)
-    pop = Population(base, ds)
-    dd = device_data(ds, data.probe_indices(base))
-    state = pop.init(np.zeros(1, np.int32), pop.hparams_of([base]))
+    pop = compiled_for(base)
+    dd = device_data(base)
+    state = init_members(pop, [base], seeds=[0])
     state, scalars, _ = pop.train_chunk(state, dd, 50)
     member = _member(jax.device_get(state), 0)
     key = tasks.task_key(base.data.seed, "slowly_changing_regression")
@@ -210,15 +206,16 @@ def test_regression_stream_metrics_equal_numpy():
     full = np.concatenate([x, np.ones((len(x), 1), np.float32)], axis=1)
     ltu = (full @ teacher["w1"].T > teacher["theta"]).astype(np.float64)
     y = ltu @ teacher["w2"] + teacher["b2"]
-    pred = np.asarray(pop.model.apply({"params": member.params}, x, member.hparams))[:, 0]
+    pred = np.asarray(pop.program.apply(member, x))[:, 0]
     mse = np.mean((pred - y) ** 2)
     r2 = 1 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2)
     np.testing.assert_allclose(scalars["test/loss"][0], mse, rtol=1e-5)
     np.testing.assert_allclose(scalars["test/r2"][0], r2, rtol=1e-4, atol=1e-6)
     assert "test/accuracy" not in scalars and "train/online_accuracy" not in scalars
     # A training batch: fresh random bits, the task's flipping bits, its targets.
-    m = member.replace(step=jnp.int32(30))
-    xb, yb = pop._batch(m, dd, pop.task_at(30))
+    task_plan = tasks.for_data(base, ds.num_features, ds.num_classes)
+    xb, yb = data.training_batch(data.BatchPlan.of(base, ds.num_train), task_plan, dd["train"],
+                                 jnp.int32(30), member.data_key, task_plan.at(30))
     np.testing.assert_array_equal(np.asarray(xb)[:, :15], np.broadcast_to(bits, (8, 15)))
     fb = np.concatenate([np.asarray(xb), np.ones((8, 1), np.float32)], axis=1)
     np.testing.assert_array_equal(
@@ -253,19 +250,18 @@ def test_activation_reset_switches_exactly_the_dead_units():
     switched network computes leaky ReLU on them (NumPy forward)."""
     base = _base(interventions__method="activation_reset", interventions__reset_slope=0.1,
                  diagnostics__enabled=False)
-    ds = data.load(base)
-    pop = Population(base, ds)
-    dd = device_data(ds, data.probe_indices(base))
-    state = pop.init(np.zeros(1, np.int32), pop.hparams_of([base]))
+    pop = compiled_for(base)
+    dd = device_data(base)
+    state = init_members(pop, [base], seeds=[0])
     params = jax.tree.map(np.array, jax.device_get(state.params))
     params["Dense_0"]["bias"][0, [1, 3]] = -100.0
     state = state.replace(params=jax.tree.map(jnp.asarray, params),
                           step=jnp.full((1,), 10, jnp.int32))
-    after = jax.device_get(pop._periodic_interventions(state, dd))
+    after = jax.device_get(pop.program.periodic(state, dd))
     switched = [np.asarray(w[0]) for w in after.interventions["switched"]]
     np.testing.assert_array_equal(np.flatnonzero(switched[0]), [1, 3])
     # Every layer: switched = dead (z <= 0 on every probe input) in the ReLU network.
-    h = np.asarray(dd["probe_x"])
+    h = np.asarray(dd["probe"][0])
     for l in range(len(base.model.widths)):
         z = h @ params[f"Dense_{l}"]["kernel"][0] + params[f"Dense_{l}"]["bias"][0]
         np.testing.assert_array_equal(switched[l], np.all(z <= 0, axis=0))
@@ -277,8 +273,8 @@ def test_activation_reset_switches_exactly_the_dead_units():
                      jax.device_get(getattr(state, name)))
     # The switched member's forward pass, against NumPy.
     member = _member(after, 0)
-    x = np.asarray(dd["probe_x"])
-    logits = pop.apply_model(member, jnp.asarray(x))
+    x = np.asarray(dd["probe"][0])
+    logits = pop.program.apply(member, jnp.asarray(x))
     h = x
     for l in range(len(base.model.widths)):
         z = h @ member.params[f"Dense_{l}"]["kernel"] + member.params[f"Dense_{l}"]["bias"]
