@@ -645,6 +645,70 @@ def _mulmod(s, b: int, n: int):
     return acc.astype(jnp.int32)
 
 
+# Rounds of the Feistel network of :func:`shuffled_indices`. Four rounds of a
+# pseudorandom function give a pseudorandom permutation as the halves grow
+# (Luby & Rackoff 1988, "How to construct pseudorandom permutations from
+# pseudorandom functions"), but on small domains the order of neighbours is
+# far from uniform with four (over 4,000 keys, chi-square p = 3e-84 for the
+# difference pi(1) - pi(0) at n = 8, 1e-12 at n = 23) and with eight (6e-4 at
+# n = 8); twelve pass at n = 8, 23, 100 and 1,000 (p >= 0.16). Measured cost:
+# 2.5 ms per step for 1,024 members' batches of 128 from 60,000 examples on
+# two CPU cores (1.0 ms with four rounds).
+FEISTEL_ROUNDS = 12
+
+
+def _mix32(x):
+    """A 32-bit integer hash with good avalanche (Wellons 2018, hash-prospector's
+    ``lowbias32``: xor-shift 16, multiply 0x7feb352d, xor-shift 15, multiply
+    0x846ca68b, xor-shift 16)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _feistel(round_keys, x, bits: int):
+    """A keyed bijection of ``[0, 2**bits)`` (uint32 ``x``): an unbalanced
+    Feistel network whose state is a left part of ``wl`` and a right part of
+    ``wr`` bits (``wl + wr = bits``); each round maps ``(L, R)`` to ``(R, L xor
+    F(R))``, ``F(R) = mix32(R xor k_r)`` cut to ``wl`` bits, and swaps the
+    widths. Invertible round by round (``L = L' xor F(R)``), whatever the keys."""
+    wl, wr = bits // 2, bits - bits // 2
+    left, right = x >> wr, x & jnp.uint32((1 << wr) - 1)
+    for k in round_keys:
+        f = _mix32(right ^ k) & jnp.uint32((1 << wl) - 1)
+        left, right, wl, wr = right, left ^ f, wr, wl
+    return (left << wr) | right
+
+
+def shuffled_indices(key, positions, n: int) -> jax.Array:
+    """int32 ``pi(positions)`` for a pseudorandom permutation ``pi`` of
+    ``[0, n)`` chosen by ``key``, evaluated at the given positions only.
+
+    ``pi`` is a keyed Feistel network (:func:`_feistel`, ``FEISTEL_ROUNDS``
+    rounds with 32-bit round keys drawn from ``key``) on the smallest
+    ``[0, 2**k)`` that holds ``[0, n)``, restricted to ``[0, n)`` by
+    cycle-walking (Black & Rogaway 2002, "Ciphers with arbitrary finite
+    domains", Sec. 2): an image ``>= n`` is permuted again until it falls
+    inside, which stays a bijection of ``[0, n)``; fewer than two passes are
+    expected (``2**k < 2n``). So a batch costs O(batch size) work and no
+    memory, whatever ``n`` (see ``FEISTEL_ROUNDS`` for its cost and how the
+    number of rounds was chosen).
+    """
+    bits = max(1, (int(n) - 1).bit_length())
+    round_keys = [jax.random.bits(jax.random.fold_in(key, r), (), jnp.uint32)
+                  for r in range(FEISTEL_ROUNDS)]
+    limit = jnp.uint32(n)
+
+    def walk(p):
+        return jax.lax.while_loop(lambda x: x >= limit,
+                                  lambda x: _feistel(round_keys, x, bits),
+                                  _feistel(round_keys, p, bits))
+
+    return jax.vmap(walk)(jnp.asarray(positions).astype(jnp.uint32)).astype(jnp.int32)
+
+
 def batch_indices(step, *, num_train: int, batch_size: int, order: str,
                   member_key=None, shared_key=None) -> jax.Array:
     """int32 ``(B,)`` indices into the training set of one member's batch at ``step``.
@@ -653,12 +717,16 @@ def batch_indices(step, *, num_train: int, batch_size: int, order: str,
     it is safe under ``jit``, ``scan`` and ``vmap`` (over ``member_key``) and a
     resumed run sees the same batches. ``num_train``, ``batch_size`` and
     ``order`` are static. ``batch_size = 0`` (or ``= num_train``) is the full
-    batch, ``arange(num_train)``; otherwise ``batch_size <= num_train``.
+    batch, ``arange(num_train)``; otherwise ``batch_size <= num_train``. The
+    cost of a batch is O(B), whatever ``num_train``.
 
     * ``shuffle``: epochs without replacement, a fresh permutation per member
-      and epoch: with ``nb = num_train // B`` batches per epoch (the remainder
-      of the permutation is dropped), ``perm = permutation(fold_in(member_key,
-      step // nb), num_train)`` and the batch is ``perm[(step % nb) * B:][:B]``.
+      and epoch: with ``nb = num_train // B`` batches per epoch, epoch ``e =
+      step // nb`` visits the examples in the order ``pi_e(0), pi_e(1), ...``
+      of the permutation ``pi_e`` that :func:`shuffled_indices` draws with
+      ``fold_in(member_key, e)``, and the batch is positions ``(step % nb) * B
+      ... + B - 1`` of it (the last ``num_train mod B`` positions of each
+      permutation are dropped).
     * ``shared``: the same with ``shared_key`` (see :func:`shared_key`), so all
       members see the same batches.
     * ``sequential``: the MNIST-1D reference recipe (Greydanus, ``train.py``:
@@ -682,10 +750,8 @@ def batch_indices(step, *, num_train: int, batch_size: int, order: str,
         raise ValueError(f"order = {order!r} needs "
                          f"{'member_key' if order == 'shuffle' else 'shared_key'}.")
     nb = n // b
-    epoch = step // nb
-    i = step % nb
-    perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
-    return jax.lax.dynamic_slice(perm, (i * b,), (b,)).astype(jnp.int32)
+    positions = (step % nb) * b + jnp.arange(b, dtype=jnp.int32)
+    return shuffled_indices(jax.random.fold_in(key, step // nb), positions, n)
 
 
 @dataclasses.dataclass(frozen=True)
