@@ -21,6 +21,8 @@ which is the usual convention of Kaplan et al., 2020, Sec. 2.1).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import statistics
 import time
 from typing import Callable, Sequence
@@ -31,8 +33,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from deadjax import data as data_lib, optim, population as pop_lib
+from deadjax import data as data_lib, metrics, optim, population as pop_lib
 from deadjax.config import default_config
+from deadjax.sweep import product
 
 SEED_WIDTHS = (128, 128)
 SEED_FEATURES = 784
@@ -118,9 +121,9 @@ class Handwritten:
     """The seed MLP trained by a plain ``jit(scan(vmap(step)))``.
 
     A member is ``(params, opt_state, data_key, step)`` with ``params`` a list
-    of ``(W, b)``. The batch rule is deadjax's ``shuffle`` order written out:
-    ``perm = permutation(fold_in(data_key, step // nb), N)``, batch
-    ``perm[(step % nb) · B:][:B]`` with ``nb = N // B``.
+    of ``(W, b)``. The batch rule is deadjax's ``shuffle`` order, the same
+    work: :func:`deadjax.data.shuffled_indices` of epoch ``step // nb`` at the
+    batch's positions, ``nb = N // B``.
     """
 
     def __init__(self, config, dataset: data_lib.Dataset):
@@ -148,8 +151,9 @@ class Handwritten:
         return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
 
     def batch(self, data_key, step):
-        perm = jax.random.permutation(jax.random.fold_in(data_key, step // self.nb), self.n)
-        idx = jax.lax.dynamic_slice(perm, ((step % self.nb) * self.b,), (self.b,))
+        positions = (step % self.nb) * self.b + jnp.arange(self.b)
+        idx = data_lib.shuffled_indices(jax.random.fold_in(data_key, step // self.nb),
+                                        positions, self.n)
         return self.x[idx], self.y[idx]
 
     def step(self, member):
@@ -189,6 +193,153 @@ class Handwritten:
 def member(members, i: int):
     """Member ``i`` of a stacked (population) state."""
     return jax.tree.map(lambda a: a[i], members)
+
+
+# --------------------------------------------------------------------------
+# Whole sweeps
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class SweepCase:
+    """A sweep of one group as a user runs it: its config and points."""
+    name: str
+    description: str
+    config: ml_collections.ConfigDict
+    points: list
+
+
+def sweep_cases(scale: int = 1) -> list[SweepCase]:
+    """The three sweeps of the speed issue (``scale > 1`` divides members,
+    examples and steps, for tests). Diagnostics off; TensorBoard, results and
+    checkpoints as a sweep writes them."""
+    def cfg(**fields):
+        c = default_config()
+        c.data.order = "shuffle"
+        c.data.batch_size = 128 // scale
+        c.diagnostics.enabled = False
+        c.model.activation = "relu"
+        c.model.kernel_init = "he_normal"
+        for dotted, value in fields.items():
+            section, leaf = dotted.split("__")
+            c[section][leaf] = value
+        every = c.train.eval_every
+        c.train.steps = max(c.train.steps // every, 1) * every
+        c.train.checkpoint_every = c.train.steps
+        return c
+
+    seeds = lambda n: {"seed": list(range(max(n // scale, 1)))}
+    s1 = cfg(data__name="random", data__num_train=8192 // scale, data__num_features=784,
+             data__num_classes=10, data__val_fraction=0.0, model__widths=(128, 128),
+             train__steps=400 // scale, train__eval_every=400 // scale,
+             train__max_population=64)
+    s2 = cfg(data__name="mnist1d", model__widths=(64, 64), train__steps=500 // scale,
+             train__eval_every=100 // scale, train__max_population=1024)
+    s3 = cfg(data__name="random", data__num_train=60_000 // scale, data__num_test=10_000 // scale,
+             data__num_features=784, data__num_classes=10, model__widths=(128, 128),
+             train__steps=1000 // scale, train__eval_every=250 // scale,
+             train__max_population=16)
+    lrs = {"optim.learning_rate": [float(x) for x in np.geomspace(1e-4, 1e-1, 8)]}
+    return [
+        SweepCase("seed64", "64 seed MLPs 784-128-128-10, random data, 8,192 examples, "
+                  "batch 128, shuffle, 400 steps, evaluations at 0 and 400", s1, product(seeds(64))),
+        SweepCase("mnist1d1024", "1,024 MNIST-1D MLPs 40-64-64-10 (8 learning rates x 128 "
+                  "seeds, one group), batch 128, shuffle, 500 steps, evaluations every 100",
+                  s2, product(lrs, seeds(128))),
+        SweepCase("mnist60k", "16 seed MLPs 784-128-128-10 on 60,000 random examples "
+                  "(MNIST's shapes: 54,000 train, 6,000 val, 10,000 test), batch 128, "
+                  "shuffle, 1,000 steps, evaluations every 250", s3, product(seeds(16))),
+    ]
+
+
+class HandwrittenSweep:
+    """A sweep of one group written as plain JAX, doing deadjax's training and
+    evaluations and nothing else: He-normal MLPs, Adam with each member's
+    learning rate (``optax.inject_hyperparams``), deadjax's ``shuffle`` batch
+    rule, ``jit(scan(vmap(step)))`` per evaluation interval (with each batch's
+    loss and accuracy summed, deadjax's online metrics), then ``jit(vmap(
+    evaluate))``: loss and accuracy on every split, macro F1 and one-vs-rest
+    AUC on val and test (:mod:`deadjax.metrics`), brought to the host. No
+    divergence checks, no files."""
+
+    def __init__(self, config, learning_rates: Sequence[float], seeds: Sequence[int]):
+        dataset = data_lib.load(config)
+        self.splits = {k: (jnp.asarray(getattr(dataset, f"x_{k}")),
+                           jnp.asarray(getattr(dataset, f"y_{k}")))
+                       for k in ("train", "val", "test") if getattr(dataset, f"x_{k}").size}
+        self.n = int(dataset.x_train.shape[0])
+        self.b = int(config.data.batch_size)
+        self.nb = self.n // self.b
+        self.classes = int(dataset.num_classes)
+        self.sizes = [dataset.num_features, *config.model.widths, self.classes]
+        self.lrs = jnp.asarray(learning_rates, jnp.float32)
+        self.seeds = jnp.asarray(seeds, jnp.int32)
+        self.steps, self.every = int(config.train.steps), int(config.train.eval_every)
+        self.tx = optax.inject_hyperparams(optax.adam)(learning_rate=0.0, b1=optim.ADAM_B1,
+                                                       b2=optim.ADAM_B2, eps=optim.ADAM_EPS)
+
+    def init(self, seed, lr):
+        keys = jax.random.split(jax.random.PRNGKey(seed), len(self.sizes))
+        params = [(jax.random.normal(k, (a, b)) * jnp.sqrt(2.0 / a), jnp.zeros(b))
+                  for k, a, b in zip(keys[1:], self.sizes[:-1], self.sizes[1:])]
+        opt = self.tx.init(params)
+        opt.hyperparams["learning_rate"] = lr
+        return params, opt, keys[0], jnp.zeros((), jnp.int32)
+
+    @staticmethod
+    def forward(params, x):
+        for w, b in params[:-1]:
+            x = jax.nn.relu(x @ w + b)
+        w, b = params[-1]
+        return x @ w + b
+
+    def step(self, member):
+        params, opt, key, step = member
+        positions = (step % self.nb) * self.b + jnp.arange(self.b)
+        idx = data_lib.shuffled_indices(jax.random.fold_in(key, step // self.nb), positions,
+                                        self.n)
+        x, y = self.splits["train"][0][idx], self.splits["train"][1][idx]
+
+        def loss_fn(p):
+            logits = self.forward(p, x)
+            return metrics.cross_entropy(logits, y), logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt = self.tx.update(grads, opt, params)
+        return ((optax.apply_updates(params, updates), opt, key, step + 1),
+                (loss, metrics.accuracy(logits, y)))
+
+    def evaluate(self, params):
+        out = {}
+        for split, (x, y) in self.splits.items():
+            logits = self.forward(params, x)
+            out[f"{split}/loss"] = metrics.cross_entropy(logits, y)
+            out[f"{split}/accuracy"] = metrics.accuracy(logits, y)
+            if split != "train":
+                out[f"{split}/f1_macro"] = metrics.f1_macro(logits, y, self.classes)
+                out[f"{split}/auc_roc"] = metrics.auc_roc_ovr(logits, y, self.classes)
+        return out
+
+    def run(self) -> dict[int, dict]:
+        """Trains and evaluates every member; ``{step: host metrics}``."""
+        with jax.default_matmul_precision("float32"):
+            members = jax.jit(jax.vmap(self.init))(self.seeds, self.lrs)
+
+            @functools.partial(jax.jit, donate_argnums=0)
+            def interval(members):
+                def body(m, _):
+                    m, (loss, acc) = jax.vmap(self.step)(m)
+                    return m, (loss, acc)
+                members, (loss, acc) = jax.lax.scan(body, members, None, length=self.every)
+                return members, loss.mean(0), acc.mean(0)
+
+            evaluate = jax.jit(jax.vmap(self.evaluate))
+            out = {0: jax.device_get(evaluate(members[0]))}
+            for step in range(self.every, self.steps + 1, self.every):
+                members, loss, acc = interval(members)
+                host = jax.device_get({**evaluate(members[0]), "train/online_loss": loss,
+                                       "train/online_accuracy": acc})
+                out[step] = host
+        return out
 
 
 # --------------------------------------------------------------------------

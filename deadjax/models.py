@@ -59,21 +59,20 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x, sigma_w, sigma_b):
         fan_in = x.shape[-1]
-        # One key for both, so that kernel and bias are drawn jointly. Outside
-        # init, Flax only traces the initialisers for their shapes.
-        key = self.make_rng("params") if self.is_initializing() else jax.random.PRNGKey(0)
-
-        def draw(which):
-            return initializers.dense_params(
-                key, fan_in, self.features, kernel_init=self.kernel_init,
+        dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # x64 aware
+        if self.is_initializing():
+            # One draw for both (RAI draws them jointly), made once.
+            kernel, bias = initializers.dense_params(
+                self.make_rng("params"), fan_in, self.features, kernel_init=self.kernel_init,
                 bias_init=self.bias_init, mode=self.init_mode, gain=self.init_gain,
-                sigma_w=sigma_w, sigma_b=sigma_b, bias_value=self.bias_value,
-                dtype=jax.dtypes.canonicalize_dtype(jnp.float64))[which]  # x64 aware
-
-        kernel = self.param("kernel", lambda _: draw(0))
-        y = jnp.dot(x, kernel)
+                sigma_w=sigma_w, sigma_b=sigma_b, bias_value=self.bias_value, dtype=dtype)
+        else:
+            # Flax checks the stored parameters against the initialisers' shapes.
+            kernel = jnp.zeros((fan_in, self.features), dtype)
+            bias = jnp.zeros((self.features,), dtype)
+        y = jnp.dot(x, self.param("kernel", lambda _: kernel))
         if self.use_bias:
-            y = y + self.param("bias", lambda _: draw(1))
+            y = y + self.param("bias", lambda _: bias)
         return y
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -31,16 +32,49 @@ def is_metric(column: str) -> bool:
     return column not in ID_COLUMNS and ("/" in column or column in FLAT_METRICS)
 
 
+HOST = socket.gethostname()
+
+
+def _temporary(path: Path) -> Path:
+    """The temporary name a write to ``path`` goes through: hidden, and naming
+    the host and process that write it (so a later run can tell a dead
+    writer's leftovers from a live one's)."""
+    return path.with_name(f".{path.name}.tmp-{HOST}-{os.getpid()}")
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Writes ``payload`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temporary(path)
     with open(tmp, "wb") as f:
         f.write(payload)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(root) -> list[Path]:
+    """Removes, under ``root``, the temporary files of writes cut short by a
+    kill: those of this host whose process is gone (another host's are left
+    to it). Returns what was removed."""
+    removed = []
+    for tmp in Path(root).rglob(".*.tmp-*"):
+        host, _, pid = tmp.name.rpartition(".tmp-")[2].rpartition("-")
+        if host in (HOST, "") and pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:

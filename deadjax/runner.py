@@ -186,6 +186,7 @@ def run_sweep(base, sweep, workdir, overrides=None, *, progress=None,
                           f"[0, {num_tasks}) for --num_tasks = {num_tasks}.")
     points, groups, workdir = plan(base, sweep, workdir, overrides)
     if sharding.is_writer():
+        results.remove_stale_temporaries(workdir)
         write_metadata(workdir, _base_with(base, overrides), sweep, points)
     swept = sweep_lib.swept_fields(points)
     summaries = (summary_lib.SweepSummaries(workdir, points, swept)

@@ -3,18 +3,26 @@
 A chunk (up to ``train.max_population`` members of one group, padded to the
 population size and sharded over the devices) starts from its latest
 checkpoint, or from ``init`` at step 0. Then, once per evaluation (never per
-step or per member), in this order:
+step or per member):
 
 1. **program call**: the group's one compiled program trains every member to
    the evaluation's step and evaluates them (the step-0 evaluation is the same
-   program with no step to take);
-2. **device to host**: the evaluation's scalars (and, at full evaluations,
-   histograms) come to the host as NumPy arrays;
-3. **checkpoint**: every ``train.checkpoint_every`` steps and at the last
-   step, the real members' state is saved (Orbax, asynchronously);
-4. **rows**: the evaluation's rows of the results table (and histograms);
-5. **summaries**: TensorBoard events;
-6. **progress**: the progress display.
+   program with no step to take). JAX dispatches it and returns at once;
+2. while the device runs it, the host records the *previous* evaluation
+   (:func:`_record`): **device to host** (its scalars and, at full
+   evaluations, histograms, as NumPy arrays), **rows** of the results table
+   (and histograms), **summaries** (TensorBoard events), **progress**;
+3. **checkpoint**, every ``train.checkpoint_every`` steps and at the last
+   step: the host first records this evaluation, then starts saving the real
+   members' state (Orbax writes it in the background) before the next
+   program call, which donates the state.
+
+So the device never waits for files except at checkpoints, at most one
+evaluation is in flight (its scalars on the device while the next interval
+runs), rows, events and checkpoints are written in step order, and a
+checkpoint at step *s* is started only once every row up to *s* is on disk:
+a kill at any moment resumes from the last finalised checkpoint and rewrites
+the rows after it (parts are replaced whole, never duplicated).
 
 :func:`run_chunk` is that loop; :func:`evaluation_steps` and
 :func:`is_full_evaluation` say when it evaluates and how much.
@@ -99,34 +107,45 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
         if progress is not None and writer:
             progress.begin(group, chunk_index, start, n)
 
-        # Step 0 is the initialisation, evaluated by the same program.
-        for step in ([0] if start == 0 else []) + evaluation_steps(start, total,
-                                                                   cfg.train.eval_every):
-            full = is_full_evaluation(step, total, cfg)
-            # 1. the program call
-            state, scalars, hists = compiled.train_chunk(state, data, step, full)
-            # 2. device to host (collective: every process takes part)
+        def record(step, scalars, hists):
+            """The host's work for one evaluation, in order."""
+            # device to host (collective: every process takes part)
             host = sharding.to_host(scalars)
-            host_hists = sharding.to_host(hists) if full and hists else {}
-            # 3. checkpoint (collective too); step 0 needs none: the
-            #    initialisation is recomputed exactly from the seeds
-            if step > 0 and (step % cfg.train.checkpoint_every == 0 or step == total):
-                ckpt.save(step, _real(state, n), meta)
+            host_hists = sharding.to_host(hists) if hists else {}
             if not writer:
-                continue
-            # 4. rows
+                return
+            # rows
             results.write_part(workdir, group.id, chunk_index, step,
                                results.rows_for_evaluation(members, step, host, swept))
             if host_hists:
                 results.write_histograms(workdir, group.id, chunk_index, step, members,
                                          host_hists)
-            # 5. summaries
+            # summaries
             if summaries is not None:
                 summaries.write_evaluation(members, step, host, host_hists,
                                            resumed_from=start if start else None)
-            # 6. progress
+            # progress
             if progress is not None:
                 progress(group, chunk_index, step, total, n, host)
+
+        pending = None  # the evaluation whose host work waits for the next call
+        # Step 0 is the initialisation, evaluated by the same program.
+        for step in ([0] if start == 0 else []) + evaluation_steps(start, total,
+                                                                   cfg.train.eval_every):
+            full = is_full_evaluation(step, total, cfg)
+            # the program call (asynchronous), then the previous evaluation's host work
+            state, scalars, hists = compiled.train_chunk(state, data, step, full)
+            if pending is not None:
+                record(*pending)
+            pending = (step, scalars, hists if full else {})
+            # checkpoint (collective too), after this evaluation's rows; step 0
+            # needs none: the initialisation is recomputed exactly from the seeds
+            if step > 0 and (step % cfg.train.checkpoint_every == 0 or step == total):
+                record(*pending)
+                pending = None
+                ckpt.save(step, _real(state, n), meta)
+        if pending is not None:
+            record(*pending)
     if summaries is not None:
         summaries.close_chunk()
         summary_lib.write_aggregates(workdir)

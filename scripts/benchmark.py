@@ -27,6 +27,14 @@ Sections (``--only``):
     a 64-seed sweep through ``runner.run_sweep`` with TensorBoard on: the time
     spent writing results, histograms, summaries and checkpoints against the
     time spent training (compile excluded), at the default intervals.
+``sweep``
+    whole sweeps as a user runs them (``scripts/sweep.py``'s code path:
+    plan, compile, train, evaluate, results, TensorBoard, checkpoints, the
+    final table; data generated or loaded in the run) against a hand-written
+    program doing the same training and evaluations
+    (:class:`deadjax.benchmarking.HandwrittenSweep`), whole wall times,
+    interleaved; where deadjax's time goes; and the cost of the default
+    diagnostics on the 1,024-member sweep.
 
 Every timing is repeated ``--repeats`` times, deadjax and its baseline
 interleaved, and the tables give medians. See docs/benchmarks.md.
@@ -37,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import io
 import os
 import sys
 import tempfile
@@ -47,10 +56,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from deadjax import benchmarking as bm  # noqa: E402
-from deadjax import checkpoints, interventions, population, results, runner  # noqa: E402
+from deadjax import checkpoints, cli, interventions, population, results, runner  # noqa: E402
 from deadjax import data as data_lib, sharding, summaries  # noqa: E402
 from deadjax.config import default_config  # noqa: E402
 
@@ -71,7 +81,7 @@ def parse_args(argv=None):
                    help="cap on population x steps per timed chunk (big populations then "
                         "time fewer steps); default 6400 (cpu), none (gpu)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--only", choices=("core", "diagnostics", "interventions", "io"),
+    p.add_argument("--only", choices=("core", "diagnostics", "interventions", "io", "sweep"),
                    action="append",
                    help="run only this section (repeatable); default all")
     p.add_argument("--precision", choices=("highest", "tf32", "bf16"), default="highest")
@@ -88,6 +98,10 @@ def parse_args(argv=None):
     p.add_argument("--io-diagnostics", action="store_true",
                    help="diagnostics on in the io sweep (adds histograms to the writing, "
                         "and the diagnostics' own cost to the training time)")
+    p.add_argument("--sweeps", default="seed64,mnist1d1024,mnist60k",
+                   help="comma-separated sweep cases of the sweep section")
+    p.add_argument("--sweep-scale", type=int, default=1,
+                   help="divide the sweeps' members, examples and steps (quick checks)")
     args = p.parse_args(argv)
     gpu = args.device == "gpu"
     args.populations = ([int(s) for s in args.populations.split(",")] if args.populations
@@ -95,7 +109,7 @@ def parse_args(argv=None):
     args.steps = args.steps or (1000 if gpu else 200)
     if args.member_steps is None:
         args.member_steps = 0 if gpu else 6400
-    args.only = args.only or ["core", "diagnostics", "interventions", "io"]
+    args.only = args.only or ["core", "diagnostics", "interventions", "io", "sweep"]
     return args
 
 
@@ -424,6 +438,118 @@ def io_overhead(args) -> str:
 
 
 # --------------------------------------------------------------------------
+# Whole sweeps
+# --------------------------------------------------------------------------
+
+def _fresh_process_state():
+    """Forgets what an earlier run left in this process (datasets, compiled
+    programs), so each timed run loads, generates and compiles as a new one."""
+    data_lib.clear_cache()
+    population.compiled.cache_clear()
+    jax.clear_caches()
+
+
+def deadjax_sweep_seconds(case, workdir, diagnostics: bool = False) -> float:
+    """Wall time of ``scripts/sweep.py``'s code path on ``case``."""
+    cfg = ml_collections.ConfigDict(case.config.to_dict())
+    cfg.diagnostics.enabled = diagnostics
+    _fresh_process_state()
+    t = time.perf_counter()
+    _, groups, _ = runner.plan(cfg, case.points, workdir)
+    progress = cli.Progress(groups, stream=io.StringIO())
+    runner.run_sweep(cfg, case.points, workdir, progress=progress)
+    progress.close()
+    cli.summary_table(workdir)
+    return time.perf_counter() - t
+
+
+def handwritten_sweep_seconds(case) -> float:
+    _fresh_process_state()
+    t = time.perf_counter()
+    lrs = [p.get("optim.learning_rate", case.config.optim.learning_rate) for p in case.points]
+    bm.HandwrittenSweep(case.config, lrs, [p["seed"] for p in case.points]).run()
+    return time.perf_counter() - t
+
+
+BREAKDOWN = ("compile", "training intervals", "evaluation alone (step 0)", "device to host",
+             "results parquet", "histograms parquet", "TensorBoard", "Orbax save",
+             "dataset")
+
+
+def sweep_breakdown(case, workdir, diagnostics: bool = False) -> tuple[dict, float]:
+    """Where one run's time goes: every program call waited for and timed
+    (so this run is serial), the writers wrapped, compilation from JAX's own
+    monitoring events. ``other`` is the rest of the wall time (planning,
+    metadata, the final table, Python)."""
+    clock = Clock()
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, secs, **_: compiles.append(secs)
+        if event == "/jax/core/compile/backend_compile_duration" else None)
+    cfg = ml_collections.ConfigDict(case.config.to_dict())
+    cfg.diagnostics.enabled = diagnostics
+    _fresh_process_state()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(clock.wrap(results, "write_part", "results parquet"))
+        stack.enter_context(clock.wrap(results, "write_histograms", "histograms parquet"))
+        stack.enter_context(clock.wrap(checkpoints.ChunkCheckpointer, "save", "Orbax save"))
+        for attr in ("write_evaluation", "close_chunk"):
+            stack.enter_context(clock.wrap(summaries.SweepSummaries, attr, "TensorBoard"))
+        stack.enter_context(clock.wrap(summaries, "write_aggregates", "TensorBoard"))
+        stack.enter_context(clock.wrap(sharding, "to_host", "device to host"))
+        stack.enter_context(clock.wrap(data_lib, "load", "dataset"))
+        stack.enter_context(timed_program(clock))
+        t = time.perf_counter()
+        runner.run_sweep(cfg, case.points, workdir)
+        cli.summary_table(workdir)
+        wall = time.perf_counter() - t
+    seconds = dict(clock.seconds)
+    seconds["compile"] = sum(compiles)
+    # The first program call compiles: its compile time is counted apart.
+    seconds["evaluation alone (step 0)"] = max(seconds.get("evaluate", 0.0) - sum(compiles), 0)
+    seconds["training intervals"] = seconds.pop("train_chunk", 0.0)
+    seconds.pop("evaluate", None)
+    seconds["other"] = wall - sum(seconds.get(k, 0.0) for k in BREAKDOWN)
+    return seconds, wall
+
+
+def sweep_section(args) -> str:
+    cases = {c.name: c for c in bm.sweep_cases(args.sweep_scale)}
+    chosen = [cases[name] for name in args.sweeps.split(",")]
+    lines = [f"whole wall times, median of {args.repeats} interleaved runs (deadjax, then "
+             "the hand-written program, each from a fresh process state: data loaded, "
+             "programs compiled); TensorBoard, results and checkpoints written as a sweep "
+             f"writes them{'; scale 1/' + str(args.sweep_scale) if args.sweep_scale > 1 else ''}\n",
+             "| sweep | deadjax s | hand-written s | ratio (per round) |", "|---|---:|---:|---:|"]
+    details = []
+    for case in chosen:
+        dj, hand, diag = [], [], []
+        with_diagnostics = case.name == "mnist1d1024"
+        for r in range(args.repeats):
+            with tempfile.TemporaryDirectory() as workdir:
+                dj.append(deadjax_sweep_seconds(case, workdir))
+            hand.append(handwritten_sweep_seconds(case))
+            if with_diagnostics:
+                with tempfile.TemporaryDirectory() as workdir:
+                    diag.append(deadjax_sweep_seconds(case, workdir, diagnostics=True))
+        ratios = [a / b for a, b in zip(dj, hand)]
+        lines.append(f"| {case.description} | {bm.median(dj):.1f} | {bm.median(hand):.1f} | "
+                     f"{bm.median(ratios):.2f} ({', '.join(f'{x:.2f}' for x in ratios)}) |")
+        if diag:
+            costs = [d / o - 1 for d, o in zip(diag, dj)]
+            details.append(f"{case.name} with the default diagnostics: {bm.median(diag):.1f} s, "
+                           f"{100 * bm.median(costs):+.1f}% against diagnostics off "
+                           f"(per round: {', '.join(f'{100 * c:+.1f}%' for c in costs)})")
+        with tempfile.TemporaryDirectory() as workdir:
+            parts, wall = sweep_breakdown(case, workdir)
+        details.append(f"{case.name}, one instrumented run (every program call waited for): "
+                       f"{wall:.1f} s: " + ", ".join(f"{k} {parts.get(k, 0.0):.1f}"
+                                                     for k in BREAKDOWN + ("other",)))
+        print(f"<!-- sweep {case.name} done -->", flush=True)
+    return "\n".join(lines) + "\n\n" + "\n\n".join(details)
+
+
+# --------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------
 
@@ -459,6 +585,8 @@ def main(argv=None):
         if "io" in args.only:
             print("## Summaries and checkpoints overhead\n\n" + io_overhead(args) + "\n",
                   flush=True)
+        if "sweep" in args.only:
+            print("## Whole sweeps\n\n" + sweep_section(args) + "\n", flush=True)
         print(f"load average at end: {os.getloadavg()[0]:.1f}")
 
 

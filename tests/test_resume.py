@@ -204,3 +204,64 @@ def test_workdir_from_before_a_field_existed_resumes(tmp_path):
     assert frame.group.nunique() == 1
     assert not frame.duplicated(["point", "step"]).any()
     assert sorted(frame.step.unique()) == [0, 10, 20, 30]
+
+
+KILLER = """
+import os, signal, sys
+from deadjax import checkpoints, results, runner, sweep
+from tests.conftest import tiny_config
+
+where, n = sys.argv[2], int(sys.argv[3])
+calls = []
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if where == "part":  # killed half-way through writing a results part
+    original = results.atomic_write_bytes
+    def write(path, payload):
+        if "results.parquet" in str(path):
+            calls.append(path)
+        if len(calls) == n:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = results._temporary(path)
+            tmp.write_bytes(payload[: len(payload) // 2])
+            die()
+        return original(path, payload)
+    results.atomic_write_bytes = write
+else:  # killed while Orbax writes a checkpoint in the background
+    original = checkpoints.ChunkCheckpointer.save
+    def save(self, step, state, metadata):
+        out = original(self, step, state, metadata)
+        calls.append(step)
+        if len(calls) == n:
+            die()
+        return out
+    checkpoints.ChunkCheckpointer.save = save
+base = tiny_config(train__steps=60, train__eval_every=10, train__checkpoint_every=20,
+                   diagnostics__families=("dead", "gradients"))
+runner.run_sweep(base, sweep.product({"seed": [0, 1]}), sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("where, n", [("part", 4), ("checkpoint", 2)])
+def test_kill_while_a_write_is_in_flight_then_rerun_equals_uninterrupted(tmp_path, where, n):
+    """The host writes the previous evaluation while the device runs the next
+    interval: a SIGKILL half-way through a results part, or while Orbax writes
+    a checkpoint in the background, loses nothing the rerun does not redo."""
+    killed = tmp_path / "killed"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", KILLER, str(killed), where, str(n)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+    base = tiny_config(train__steps=60, train__eval_every=10, train__checkpoint_every=20,
+                       diagnostics__families=("dead", "gradients"))
+    points = sweep.product({"seed": [0, 1]})
+    partial = deadjax.load_results(killed)
+    assert partial.step.max() < 60
+    runner.run_sweep(base, points, killed)
+    runner.run_sweep(base, points, tmp_path / "straight")
+    resumed, straight = deadjax.load_results(killed), deadjax.load_results(tmp_path / "straight")
+    assert len(resumed) == 2 * 7 and not resumed.duplicated(["point", "step"]).any()
+    pd.testing.assert_frame_equal(resumed, straight, check_exact=True)
+    assert not list((killed / "results.parquet").rglob(".*tmp*"))
