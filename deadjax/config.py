@@ -77,8 +77,8 @@ BASE_FIELDS: tuple[Field, ...] = (
           one_of(data.DATASETS)),
     Field("data.seed", 0, "seed of synthetic data, the validation split and the probe batch",
           integer(low=0)),
-    Field("data.path", "", "folder with downloaded dataset files (mnist, fashion_mnist)",
-          text()),
+    Field("data.path", "", "folder with downloaded dataset files (mnist, fashion_mnist, "
+          "cifar10)", text()),
     Field("data.num_train", 1000, "training examples of the random dataset (and the "
           "regression stream's evaluation sample)", integer(low=2)),
     Field("data.num_test", 1000, "test examples of the random dataset", integer(low=1)),
@@ -302,9 +302,9 @@ def _data_rules(c) -> None:
         if d.batch_size == 0:
             raise ConfigError(f"data.batch_size = 0 is not allowed for data.name = "
                               f"{d.name!r}; a stream has no full batch (use 1 or more).")
-    if d.name in ("mnist", "fashion_mnist") and not d.path:
+    if d.name in data.FILE_DATASETS and not d.path:
         raise ConfigError(f"data.path = {d.path!r} is not allowed for data.name = "
-                          f"{d.name!r}; give the folder that holds the downloaded files.")
+                          f"{d.name!r}; give {data.path_wanted(d.name)}.")
 
 
 def _train_rules(c) -> None:

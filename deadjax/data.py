@@ -24,6 +24,15 @@ Datasets (``config.data.name``):
   in either distribution format: the four IDX files (gzip or uncompressed) or
   the Keras ``.npz`` archive (see :data:`IDX_FILES`, :data:`NPZ_FILES`).
   Pixels are scaled to [0, 1] and flattened to 784 features.
+* ``cifar10`` -- CIFAR-10 (Krizhevsky, 2009, "Learning Multiple Layers of
+  Features from Tiny Images"), the *binary* distribution
+  (``cifar-10-binary.tar.gz`` from https://www.cs.toronto.edu/~kriz/cifar.html,
+  extracted) in ``data.path`` or its subfolder ``cifar-10-batches-bin``:
+  ``data_batch_1.bin`` .. ``data_batch_5.bin`` (training, in that order) and
+  ``test_batch.bin``. Each record is 3073 bytes, one label byte (0..9) and
+  3072 pixel bytes: the 32x32 red channel row by row, then green, then blue.
+  The pixels are kept in that order as 3072 features, scaled to [0, 1]. The
+  Python version (``cifar-10-batches-py``) is pickled and is never read.
 
 Every dataset goes through the same two steps (:func:`load`):
 
@@ -47,8 +56,10 @@ of the step and the member's key, so it runs inside ``jit``/``scan``/``vmap``
 and a resumed run sees exactly the batches it would have seen.
 
 Data files are data, never code: ``.npz`` files are opened with
-``allow_pickle=False``, IDX files are parsed from their header, and sizes,
-shapes and label ranges are checked before use.
+``allow_pickle=False``, IDX files are parsed from their header, CIFAR-10
+batches are read as raw bytes, and sizes, shapes, dtypes, non-finite values
+and label ranges are checked before use; every problem stops with one
+:class:`ConfigError` sentence naming the file. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -74,7 +85,9 @@ from deadjax.errors import ConfigError
 # Datasets whose targets are real numbers (train.loss = "mse").
 REGRESSION_DATASETS = ("slowly_changing_regression",)
 REGRESSION = REGRESSION_DATASETS
-DATASETS = ("mnist1d", "random", "mnist", "fashion_mnist") + REGRESSION
+# Datasets read from local files: data.path is required.
+FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+DATASETS = ("mnist1d", "random") + FILE_DATASETS + REGRESSION
 ORDERS = ("shuffle", "sequential", "shared")
 
 # A training std below this counts as a constant feature: it is divided by 1.
@@ -103,6 +116,15 @@ SUBFOLDERS = {
 _IMAGE_SHAPE = (28, 28)
 _NUM_CLASSES_IMAGES = 10
 _MAX_IDX_BYTES = 2 ** 31  # refuse headers that announce absurd sizes
+
+# CIFAR-10, binary version: the batch files and their 3073-byte records.
+CIFAR10_FOLDER = "cifar-10-batches-bin"
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR10_TEST_FILE = "test_batch.bin"
+CIFAR10_PIXELS = 3 * 32 * 32
+CIFAR10_RECORD = 1 + CIFAR10_PIXELS
+CIFAR10_CLASSES = 10
+
 
 
 # --------------------------------------------------------------------------
@@ -164,9 +186,40 @@ def _cache_key(d) -> tuple:
     elif name in REGRESSION:
         key += (int(d.num_train), int(d.num_test), int(d.num_features),
                 int(d.flipping_bits))
-    elif name in ("mnist", "fashion_mnist"):
-        key += (os.path.abspath(os.path.expanduser(str(d.path))),)
+    elif name in FILE_DATASETS:
+        key += (_abspath(d.path), _signature(data_files(d)))
     return key
+
+
+def _abspath(path) -> str:
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def _signature(files) -> tuple:
+    """``(path, mtime_ns, size)`` of each file: a file rewritten in place is
+    read again instead of served from the cache."""
+    out = []
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError:
+            out.append((f, None, None))   # the loader names what is wrong
+        else:
+            out.append((f, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def data_files(config) -> tuple[str, ...]:
+    """The files a file dataset of ``config`` reads (ConfigError naming the
+    folder and the accepted names if they are not there); ``()`` for the
+    generated datasets."""
+    d = _data_section(config)
+    if d.name in ("mnist", "fashion_mnist"):
+        return tuple(find_files(d.name, d.path)[1].values())
+    if d.name == "cifar10":
+        train, test = find_cifar10(d.path)
+        return train + (test,)
+    return ()
 
 
 _CACHE: dict[tuple, Dataset] = {}
@@ -188,7 +241,9 @@ def load(config) -> Dataset:
     Cached in-process on the data fields that define it (``data.name``,
     ``data.seed``, ``data.val_fraction``, ``data.standardize``, and
     ``data.path`` or the synthetic sizes where they apply), so every group of a
-    sweep shares one copy. The arrays are read-only.
+    sweep shares one copy. For datasets read from files the key holds each
+    file's modification time and size too, so a file rewritten in place is
+    read again. The arrays are read-only.
     """
     d = _data_section(config)
     if d.name not in DATASETS:
@@ -225,6 +280,9 @@ def _build(d) -> Dataset:
     elif d.name in REGRESSION:
         x, y, x_test, y_test = _regression_raw(d)
         num_classes = 1
+    elif d.name == "cifar10":
+        x, y, x_test, y_test = _load_cifar10(d)
+        num_classes = CIFAR10_CLASSES
     else:
         x, y, x_test, y_test = _load_image_files(d)
         num_classes = _NUM_CLASSES_IMAGES
@@ -394,6 +452,13 @@ def accepted_files(name: str) -> str:
             f"data.path or in a subfolder named one of {subs}")
 
 
+def path_wanted(name: str) -> str:
+    """What ``data.path`` must be for the file dataset ``name``, as a sentence fragment."""
+    if name == "cifar10":
+        return "the folder that holds " + cifar10_files_sentence()
+    return "the folder that holds " + accepted_files(name)
+
+
 def find_files(name: str, path: str) -> tuple[str, dict[str, str]]:
     """``("idx", {split: file})`` or ``("npz", {"npz": file})`` for ``name`` in ``path``.
 
@@ -546,6 +611,101 @@ def read_keras_npz(path: str):
 
 
 # --------------------------------------------------------------------------
+# CIFAR-10 from its binary distribution
+# --------------------------------------------------------------------------
+
+def cifar10_files_sentence() -> str:
+    """A sentence fragment naming the files ``cifar10`` needs."""
+    return (f"the folder {CIFAR10_FOLDER} or directly the files "
+            f"{', '.join(CIFAR10_TRAIN_FILES)} and {CIFAR10_TEST_FILE} (the binary "
+            "version of CIFAR-10, https://www.cs.toronto.edu/~kriz/cifar.html, extracted)")
+
+
+def find_cifar10(path: str) -> tuple[tuple[str, ...], str]:
+    """``(training batch files, test batch file)`` in ``path/cifar-10-batches-bin``
+    or, failing that, in ``path`` itself; ConfigError naming the folder and the
+    files it lacks."""
+    root = _abspath(path)
+    if not os.path.isdir(root):
+        raise ConfigError(f"data.path = {str(path)!r} is not an existing folder; for "
+                          f"data.name = 'cifar10' it must hold {cifar10_files_sentence()}.")
+    names = CIFAR10_TRAIN_FILES + (CIFAR10_TEST_FILE,)
+    partial = None
+    for folder in (os.path.join(root, CIFAR10_FOLDER), root):
+        if not os.path.isdir(folder):
+            continue
+        missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
+        if not missing:
+            return (tuple(os.path.join(folder, n) for n in CIFAR10_TRAIN_FILES),
+                    os.path.join(folder, CIFAR10_TEST_FILE))
+        if len(missing) < len(names) and partial is None:
+            partial = (folder, missing)
+    if partial is not None:
+        raise ConfigError(f"data.path = {str(path)!r}: the folder {partial[0]} has only "
+                          f"some of the CIFAR-10 batches (missing {', '.join(partial[1])}); "
+                          f"it must hold {cifar10_files_sentence()}.")
+    hint = ""
+    if os.path.isfile(os.path.join(root, "cifar-10-binary.tar.gz")):
+        hint = "; extract cifar-10-binary.tar.gz there first (tar xzf cifar-10-binary.tar.gz)"
+    elif (os.path.isdir(os.path.join(root, "cifar-10-batches-py"))
+          or os.path.isfile(os.path.join(root, "cifar-10-python.tar.gz"))):
+        hint = ("; the Python version (cifar-10-batches-py) is pickled and is never read, "
+                "download the binary version")
+    raise ConfigError(f"data.path = {str(path)!r} holds no CIFAR-10 binary batches; it "
+                      f"must hold {cifar10_files_sentence()}{hint}.")
+
+
+def read_cifar10_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels uint8 (N, 3072), labels uint8 (N,))`` of one CIFAR-10 binary batch.
+
+    A batch is a sequence of 3073-byte records: the label (0..9), then the
+    3072 pixels, channel-major (1024 red, 1024 green, 1024 blue, each 32 rows
+    of 32). The file size must be a positive multiple of 3073.
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ConfigError(f"The file {path} is empty; a CIFAR-10 binary batch holds "
+                          f"records of {CIFAR10_RECORD} bytes (1 label byte and "
+                          f"{CIFAR10_PIXELS} pixel bytes).")
+    if size % CIFAR10_RECORD:
+        raise ConfigError(f"The file {path} has {size} bytes, not a multiple of the "
+                          f"{CIFAR10_RECORD}-byte CIFAR-10 record (1 label byte and "
+                          f"{CIFAR10_PIXELS} pixel bytes); it is truncated or not a "
+                          "CIFAR-10 binary batch.")
+    with open(path, "rb") as f:
+        raw = np.frombuffer(_read_exact(f, size, path, "records"), np.uint8)
+    records = raw.reshape(-1, CIFAR10_RECORD)
+    labels = records[:, 0]
+    bad = np.flatnonzero(labels >= CIFAR10_CLASSES)
+    if bad.size:
+        raise ConfigError(f"The file {path} has label {int(labels[bad[0]])} in record "
+                          f"{int(bad[0])}; CIFAR-10 labels are 0..9, so it is corrupt or "
+                          "not CIFAR-10 (a CIFAR-100 record has two label bytes).")
+    return records[:, 1:], labels
+
+
+def _load_cifar10(d):
+    train_files, test_file = find_cifar10(d.path)
+
+    def read(files):
+        parts = [read_cifar10_batch(f) for f in files]
+        n = sum(len(lab) for _, lab in parts)
+        x = np.empty((n, CIFAR10_PIXELS), np.float32)
+        y = np.empty(n, np.int64)
+        i = 0
+        for pixels, lab in parts:
+            x[i:i + len(lab)] = pixels
+            y[i:i + len(lab)] = lab
+            i += len(lab)
+        x /= np.float32(255.0)
+        return x, y
+
+    x, y = read(train_files)
+    x_test, y_test = read((test_file,))
+    return x, y, x_test, y_test
+
+
+# --------------------------------------------------------------------------
 # Validation against the data
 # --------------------------------------------------------------------------
 
@@ -556,7 +716,7 @@ def num_train(config) -> int:
         total = 4000
     elif d.name in ("random",) + REGRESSION:
         total = int(d.num_train)
-    else:
+    else:                                   # read from files: load (and check) them
         return load(d).num_train
     return total - int(math.floor(float(d.val_fraction) * total))
 
@@ -564,9 +724,10 @@ def num_train(config) -> int:
 def check(config) -> None:
     """Validates what depends on the data; raises ConfigError with one sentence.
 
-    ``data.path`` must hold the files of ``mnist``/``fashion_mnist`` (they are
-    loaded and checked), the training set must not be empty, and
-    ``data.batch_size`` must be at most the training set's size.
+    ``data.path`` must hold the files of ``mnist``, ``fashion_mnist`` or
+    ``cifar10`` (they are loaded and checked),
+    the training set must not be empty, and ``data.batch_size`` must be at
+    most the training set's size.
     """
     d = _data_section(config)
     if d.name not in DATASETS:
@@ -575,10 +736,9 @@ def check(config) -> None:
     if d.order not in ORDERS:
         raise ConfigError(f"data.order = {d.order!r} is not allowed; choose one of "
                           f"{', '.join(repr(o) for o in ORDERS)}.")
-    if d.name in ("mnist", "fashion_mnist") and not d.path:
+    if d.name in FILE_DATASETS and not d.path:
         raise ConfigError(f"data.path = {d.path!r} is not allowed for data.name = "
-                          f"{d.name!r}; give the folder that holds "
-                          f"{accepted_files(d.name)}.")
+                          f"{d.name!r}; give {path_wanted(d.name)}.")
     n = num_train(d)
     if n < 1:
         raise ConfigError(f"data.val_fraction = {d.val_fraction!r} is not allowed here; "
