@@ -43,6 +43,7 @@ TASKS = tasks.DATA_TASKS
 REGRESSION_DATASETS = data.REGRESSION_DATASETS
 
 ADDED_2026_11_27 = "2026-11-27"   # full evaluations, non-stationary tasks, interventions
+ADDED_2026_12_01 = "2026-12-01"   # own datasets: arrays, cifar10
 
 
 def _widths(f, v):
@@ -75,10 +76,16 @@ BASE_FIELDS: tuple[Field, ...] = (
     # ---------------------------------------------------------------- data
     Field("data.name", "mnist1d", "dataset: " + ", ".join(data.DATASETS) + " (docs/data.md)",
           one_of(data.DATASETS)),
-    Field("data.seed", 0, "seed of synthetic data, the validation split and the probe batch",
-          integer(low=0)),
-    Field("data.path", "", "folder with downloaded dataset files (mnist, fashion_mnist)",
-          text()),
+    Field("data.seed", 0, "seed of synthetic data, the validation split, the probe batch "
+          "and the test hold-out of arrays", integer(low=0)),
+    Field("data.path", "", "folder with downloaded dataset files (mnist, fashion_mnist, "
+          "cifar10), or the file of arrays (.npz, .csv, .parquet)", text()),
+    Field("data.label_column", "label", "arrays, CSV and parquet files: the column of class "
+          "labels (every other numeric column is a feature)",
+          text(empty=False, what="(a column name)"), added=ADDED_2026_12_01),
+    Field("data.test_fraction", 0.2, "arrays: share of the examples held out as the test "
+          "set when the file has no test split (every CSV and parquet file, a .npz without "
+          "x_test, y_test)", real(0.0, 1.0, high_open=True), added=ADDED_2026_12_01),
     Field("data.num_train", 1000, "training examples of the random dataset (and the "
           "regression stream's evaluation sample)", integer(low=2)),
     Field("data.num_test", 1000, "test examples of the random dataset", integer(low=1)),
@@ -302,9 +309,11 @@ def _data_rules(c) -> None:
         if d.batch_size == 0:
             raise ConfigError(f"data.batch_size = 0 is not allowed for data.name = "
                               f"{d.name!r}; a stream has no full batch (use 1 or more).")
-    if d.name in ("mnist", "fashion_mnist") and not d.path:
+    if d.name in data.FILE_DATASETS and not d.path:
         raise ConfigError(f"data.path = {d.path!r} is not allowed for data.name = "
-                          f"{d.name!r}; give the folder that holds the downloaded files.")
+                          f"{d.name!r}; give {data.path_wanted(d.name)}.")
+    if d.name == "arrays":
+        data.arrays_format(d.path)        # the suffix says how the file is read
 
 
 def _train_rules(c) -> None:

@@ -24,6 +24,24 @@ Datasets (``config.data.name``):
   in either distribution format: the four IDX files (gzip or uncompressed) or
   the Keras ``.npz`` archive (see :data:`IDX_FILES`, :data:`NPZ_FILES`).
   Pixels are scaled to [0, 1] and flattened to 784 features.
+* ``cifar10`` -- CIFAR-10 (Krizhevsky, 2009, "Learning Multiple Layers of
+  Features from Tiny Images"), the *binary* distribution
+  (``cifar-10-binary.tar.gz`` from https://www.cs.toronto.edu/~kriz/cifar.html,
+  extracted) in ``data.path`` or its subfolder ``cifar-10-batches-bin``:
+  ``data_batch_1.bin`` .. ``data_batch_5.bin`` (training, in that order) and
+  ``test_batch.bin``. Each record is 3073 bytes, one label byte (0..9) and
+  3072 pixel bytes: the 32x32 red channel row by row, then green, then blue.
+  The pixels are kept in that order as 3072 features, scaled to [0, 1]. The
+  Python version (``cifar-10-batches-py``) is pickled and is never read.
+* ``arrays`` -- the researcher's own classification data in one file,
+  ``data.path``: a ``.npz`` archive with ``x_train``, ``y_train`` and
+  optionally ``x_test``, ``y_test`` (inputs of any shape ``(N, ...)``,
+  flattened), or a table (``.csv``, ``.parquet``/``.pq``) whose column
+  ``data.label_column`` holds the labels and whose other numeric columns are
+  the features, in file order. Labels are class indices: integers ``>= 0``,
+  with ``num_classes = max label + 1`` over train and test (a class may have
+  no example). Without a test split in the file, ``floor(data.test_fraction
+  * N)`` examples are held out as the test set (:func:`holdout_indices`).
 
 Every dataset goes through the same two steps (:func:`load`):
 
@@ -47,8 +65,11 @@ of the step and the member's key, so it runs inside ``jit``/``scan``/``vmap``
 and a resumed run sees exactly the batches it would have seen.
 
 Data files are data, never code: ``.npz`` files are opened with
-``allow_pickle=False``, IDX files are parsed from their header, and sizes,
-shapes and label ranges are checked before use.
+``allow_pickle=False``, IDX files are parsed from their header, CIFAR-10
+batches are read as raw bytes, CSV and parquet files through pandas, and
+sizes, shapes, dtypes, non-finite values and label ranges are checked before
+use; every problem stops with one :class:`ConfigError` sentence naming the
+file. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -61,6 +82,7 @@ import math
 import os
 import random as _py_random
 import threading
+import warnings
 import zipfile
 import zlib
 
@@ -74,7 +96,9 @@ from deadjax.errors import ConfigError
 # Datasets whose targets are real numbers (train.loss = "mse").
 REGRESSION_DATASETS = ("slowly_changing_regression",)
 REGRESSION = REGRESSION_DATASETS
-DATASETS = ("mnist1d", "random", "mnist", "fashion_mnist") + REGRESSION
+# Datasets read from local files: data.path is required.
+FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "arrays")
+DATASETS = ("mnist1d", "random") + FILE_DATASETS + REGRESSION
 ORDERS = ("shuffle", "sequential", "shared")
 
 # A training std below this counts as a constant feature: it is divided by 1.
@@ -103,6 +127,20 @@ SUBFOLDERS = {
 _IMAGE_SHAPE = (28, 28)
 _NUM_CLASSES_IMAGES = 10
 _MAX_IDX_BYTES = 2 ** 31  # refuse headers that announce absurd sizes
+
+# CIFAR-10, binary version: the batch files and their 3073-byte records.
+CIFAR10_FOLDER = "cifar-10-batches-bin"
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR10_TEST_FILE = "test_batch.bin"
+CIFAR10_PIXELS = 3 * 32 * 32
+CIFAR10_RECORD = 1 + CIFAR10_PIXELS
+CIFAR10_CLASSES = 10
+
+# File suffixes of data.name = "arrays" and the format each one is read as.
+ARRAYS_FORMATS = {".npz": "npz", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+# The constant that separates the test hold-out's random stream from data.seed.
+_TEST_STREAM = 0x74657374    # "test"
 
 
 # --------------------------------------------------------------------------
@@ -164,9 +202,44 @@ def _cache_key(d) -> tuple:
     elif name in REGRESSION:
         key += (int(d.num_train), int(d.num_test), int(d.num_features),
                 int(d.flipping_bits))
-    elif name in ("mnist", "fashion_mnist"):
-        key += (os.path.abspath(os.path.expanduser(str(d.path))),)
+    elif name in FILE_DATASETS:
+        key += (_abspath(d.path), _signature(data_files(d)))
+        if name == "arrays":
+            key += (str(d.label_column), float(d.test_fraction))
     return key
+
+
+def _abspath(path) -> str:
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def _signature(files) -> tuple:
+    """``(path, mtime_ns, size)`` of each file: a file rewritten in place is
+    read again instead of served from the cache."""
+    out = []
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError:
+            out.append((f, None, None))   # the loader names what is wrong
+        else:
+            out.append((f, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def data_files(config) -> tuple[str, ...]:
+    """The files a file dataset of ``config`` reads (ConfigError naming the
+    folder and the accepted names if they are not there); ``()`` for the
+    generated datasets."""
+    d = _data_section(config)
+    if d.name in ("mnist", "fashion_mnist"):
+        return tuple(find_files(d.name, d.path)[1].values())
+    if d.name == "cifar10":
+        train, test = find_cifar10(d.path)
+        return train + (test,)
+    if d.name == "arrays":
+        return (arrays_file(d.path)[0],)
+    return ()
 
 
 _CACHE: dict[tuple, Dataset] = {}
@@ -187,8 +260,11 @@ def load(config) -> Dataset:
 
     Cached in-process on the data fields that define it (``data.name``,
     ``data.seed``, ``data.val_fraction``, ``data.standardize``, and
-    ``data.path`` or the synthetic sizes where they apply), so every group of a
-    sweep shares one copy. The arrays are read-only.
+    ``data.path`` or the synthetic sizes where they apply; for ``arrays`` also
+    ``data.label_column`` and ``data.test_fraction``), so every group of a
+    sweep shares one copy. For datasets read from files the key holds each
+    file's modification time and size too, so a file rewritten in place is
+    read again. The arrays are read-only.
     """
     d = _data_section(config)
     if d.name not in DATASETS:
@@ -225,6 +301,11 @@ def _build(d) -> Dataset:
     elif d.name in REGRESSION:
         x, y, x_test, y_test = _regression_raw(d)
         num_classes = 1
+    elif d.name == "cifar10":
+        x, y, x_test, y_test = _load_cifar10(d)
+        num_classes = CIFAR10_CLASSES
+    elif d.name == "arrays":
+        x, y, x_test, y_test, num_classes = _load_arrays(d)
     else:
         x, y, x_test, y_test = _load_image_files(d)
         num_classes = _NUM_CLASSES_IMAGES
@@ -394,6 +475,15 @@ def accepted_files(name: str) -> str:
             f"data.path or in a subfolder named one of {subs}")
 
 
+def path_wanted(name: str) -> str:
+    """What ``data.path`` must be for the file dataset ``name``, as a sentence fragment."""
+    if name == "arrays":
+        return "the file: " + _arrays_wanted()
+    if name == "cifar10":
+        return "the folder that holds " + cifar10_files_sentence()
+    return "the folder that holds " + accepted_files(name)
+
+
 def find_files(name: str, path: str) -> tuple[str, dict[str, str]]:
     """``("idx", {split: file})`` or ``("npz", {"npz": file})`` for ``name`` in ``path``.
 
@@ -546,6 +636,417 @@ def read_keras_npz(path: str):
 
 
 # --------------------------------------------------------------------------
+# CIFAR-10 from its binary distribution
+# --------------------------------------------------------------------------
+
+def cifar10_files_sentence() -> str:
+    """A sentence fragment naming the files ``cifar10`` needs."""
+    return (f"the folder {CIFAR10_FOLDER} or directly the files "
+            f"{', '.join(CIFAR10_TRAIN_FILES)} and {CIFAR10_TEST_FILE} (the binary "
+            "version of CIFAR-10, https://www.cs.toronto.edu/~kriz/cifar.html, extracted)")
+
+
+def find_cifar10(path: str) -> tuple[tuple[str, ...], str]:
+    """``(training batch files, test batch file)`` in ``path/cifar-10-batches-bin``
+    or, failing that, in ``path`` itself; ConfigError naming the folder and the
+    files it lacks."""
+    root = _abspath(path)
+    if not os.path.isdir(root):
+        raise ConfigError(f"data.path = {str(path)!r} is not an existing folder; for "
+                          f"data.name = 'cifar10' it must hold {cifar10_files_sentence()}.")
+    names = CIFAR10_TRAIN_FILES + (CIFAR10_TEST_FILE,)
+    partial = None
+    for folder in (os.path.join(root, CIFAR10_FOLDER), root):
+        if not os.path.isdir(folder):
+            continue
+        missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
+        if not missing:
+            return (tuple(os.path.join(folder, n) for n in CIFAR10_TRAIN_FILES),
+                    os.path.join(folder, CIFAR10_TEST_FILE))
+        if len(missing) < len(names) and partial is None:
+            partial = (folder, missing)
+    if partial is not None:
+        raise ConfigError(f"data.path = {str(path)!r}: the folder {partial[0]} has only "
+                          f"some of the CIFAR-10 batches (missing {', '.join(partial[1])}); "
+                          f"it must hold {cifar10_files_sentence()}.")
+    hint = ""
+    if os.path.isfile(os.path.join(root, "cifar-10-binary.tar.gz")):
+        hint = "; extract cifar-10-binary.tar.gz there first (tar xzf cifar-10-binary.tar.gz)"
+    elif (os.path.isdir(os.path.join(root, "cifar-10-batches-py"))
+          or os.path.isfile(os.path.join(root, "cifar-10-python.tar.gz"))):
+        hint = ("; the Python version (cifar-10-batches-py) is pickled and is never read, "
+                "download the binary version")
+    raise ConfigError(f"data.path = {str(path)!r} holds no CIFAR-10 binary batches; it "
+                      f"must hold {cifar10_files_sentence()}{hint}.")
+
+
+def read_cifar10_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels uint8 (N, 3072), labels uint8 (N,))`` of one CIFAR-10 binary batch.
+
+    A batch is a sequence of 3073-byte records: the label (0..9), then the
+    3072 pixels, channel-major (1024 red, 1024 green, 1024 blue, each 32 rows
+    of 32). The file size must be a positive multiple of 3073.
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ConfigError(f"The file {path} is empty; a CIFAR-10 binary batch holds "
+                          f"records of {CIFAR10_RECORD} bytes (1 label byte and "
+                          f"{CIFAR10_PIXELS} pixel bytes).")
+    if size % CIFAR10_RECORD:
+        raise ConfigError(f"The file {path} has {size} bytes, not a multiple of the "
+                          f"{CIFAR10_RECORD}-byte CIFAR-10 record (1 label byte and "
+                          f"{CIFAR10_PIXELS} pixel bytes); it is truncated or not a "
+                          "CIFAR-10 binary batch.")
+    with open(path, "rb") as f:
+        raw = np.frombuffer(_read_exact(f, size, path, "records"), np.uint8)
+    records = raw.reshape(-1, CIFAR10_RECORD)
+    labels = records[:, 0]
+    bad = np.flatnonzero(labels >= CIFAR10_CLASSES)
+    if bad.size:
+        raise ConfigError(f"The file {path} has label {int(labels[bad[0]])} in record "
+                          f"{int(bad[0])}; CIFAR-10 labels are 0..9, so it is corrupt or "
+                          "not CIFAR-10 (a CIFAR-100 record has two label bytes).")
+    return records[:, 1:], labels
+
+
+def _load_cifar10(d):
+    train_files, test_file = find_cifar10(d.path)
+
+    def read(files):
+        parts = [read_cifar10_batch(f) for f in files]
+        n = sum(len(lab) for _, lab in parts)
+        x = np.empty((n, CIFAR10_PIXELS), np.float32)
+        y = np.empty(n, np.int64)
+        i = 0
+        for pixels, lab in parts:
+            x[i:i + len(lab)] = pixels
+            y[i:i + len(lab)] = lab
+            i += len(lab)
+        x /= np.float32(255.0)
+        return x, y
+
+    x, y = read(train_files)
+    x_test, y_test = read((test_file,))
+    return x, y, x_test, y_test
+
+
+# --------------------------------------------------------------------------
+# The researcher's own arrays: .npz, CSV, parquet
+# --------------------------------------------------------------------------
+
+def arrays_file(path: str) -> tuple[str, str]:
+    """``(absolute path, format)`` of ``data.name = "arrays"``'s file, the
+    format (``npz``, ``csv`` or ``parquet``) from its suffix; ConfigError
+    if the suffix is not one of :data:`ARRAYS_FORMATS` or the file is missing."""
+    fmt = arrays_format(path)
+    full = _abspath(path)
+    if not os.path.isfile(full):
+        raise ConfigError(f"data.path = {str(path)!r} is not an existing file; for "
+                          f"data.name = 'arrays' it must be {_arrays_wanted()}.")
+    return full, fmt
+
+
+def _arrays_wanted() -> str:
+    return ("a .npz archive (x_train, y_train, optionally x_test, y_test), a .csv or a "
+            ".parquet file")
+
+
+def arrays_format(path: str) -> str:
+    """The format of an ``arrays`` file from its suffix (no file access)."""
+    for suffix, fmt in ARRAYS_FORMATS.items():
+        if str(path).lower().endswith(suffix):
+            return fmt
+    raise ConfigError(f"data.path = {str(path)!r} is not allowed for data.name = "
+                      f"'arrays'; it must be {_arrays_wanted()}, i.e. end in "
+                      f"{', '.join(ARRAYS_FORMATS)}.")
+
+
+def holdout_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(test, rest)`` indices into ``n`` examples, each sorted: the first
+    ``floor(test_fraction * n)`` of a permutation drawn with
+    ``np.random.default_rng([seed, <test constant>])`` are the test set (a
+    stream of ``data.seed`` other than the validation split's)."""
+    num_test = int(math.floor(test_fraction * n))
+    perm = np.random.default_rng([seed, _TEST_STREAM]).permutation(n)
+    return np.sort(perm[:num_test]), np.sort(perm[num_test:])
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _number(v) -> str:
+    """A value for a message: ``3``, ``0.5``, ``1e+300``."""
+    v = v.item() if isinstance(v, np.generic) else v
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        v = int(v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _finite_features(x: np.ndarray, path: str, where) -> np.ndarray:
+    """float32 ``(N, F)`` of a numeric ``(N, F)`` array; ConfigError naming the
+    first value that is NaN, infinite or beyond float32's range, located by
+    ``where(row, column)``."""
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x)
+        if bad.any():
+            i, j = (int(v) for v in np.argwhere(bad)[0])
+            kind = "a missing or NaN value" if np.isnan(x[i, j]) else "an infinite value"
+            raise ConfigError(f"The file {path} has {kind} at {where(i, j)}; every "
+                              "feature must be a finite number.")
+        if x.dtype.itemsize > 4:
+            big = np.abs(x) > _FLOAT32_MAX
+            if big.any():
+                i, j = (int(v) for v in np.argwhere(big)[0])
+                raise ConfigError(f"The file {path} has the value {_number(x[i, j])} at "
+                                  f"{where(i, j)}, beyond float32's range "
+                                  f"(|x| <= {_FLOAT32_MAX:.4g}); rescale the feature.")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _class_labels(y: np.ndarray, path: str, where, limit: int) -> np.ndarray:
+    """int64 labels of a 1-d numeric array (integers, booleans or integral
+    floats) in ``[0, limit)``; ConfigError naming the first bad one."""
+    allowed_ = ("labels must be class indices, integers 0..C-1 "
+                f"with C at most the {limit} examples of the file")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            kind = "a missing or NaN label" if np.isnan(y[i]) else "an infinite label"
+            raise ConfigError(f"The file {path} has {kind} at {where(i)}; {allowed_}.")
+        bad = y != np.floor(y)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ConfigError(f"The file {path} has the label {_number(y[i])} at "
+                              f"{where(i)}, not an integer; {allowed_} (regression "
+                              "targets are not supported).")
+    if y.dtype.kind == "b":
+        y = y.astype(np.int64)
+    bad = (y < 0) | (y >= limit)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ConfigError(f"The file {path} has the label {_number(y[i])} at {where(i)}; "
+                          f"{allowed_} (regression targets are not supported).")
+    return y.astype(np.int64)
+
+
+def read_arrays_npz(path: str):
+    """``x_train, y_train, x_test, y_test`` of an ``arrays`` ``.npz`` archive
+    (``x_test, y_test`` None when the archive has no test split).
+
+    Read with ``allow_pickle=False``. Inputs are ``(N, ...)`` arrays of
+    booleans, integers or floats, flattened to float32 ``(N, F)``; labels are
+    ``(N,)`` or ``(N, 1)`` class indices. Other arrays in the archive are
+    ignored. ConfigError names the file and the first problem.
+    """
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ConfigError(f"The file {path} is not a readable .npz archive of numeric "
+                          f"arrays ({type(e).__name__}: {e}).") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ConfigError(f"The file {path} is a single .npy array, not a .npz archive "
+                          "of x_train, y_train (and optionally x_test, y_test); save it "
+                          "with np.savez.")
+    with archive as z:
+        names = set(z.files)
+        missing = [k for k in ("x_train", "y_train") if k not in names]
+        if missing:
+            raise ConfigError(f"The file {path} lacks the arrays {', '.join(missing)} (it "
+                              f"holds {', '.join(sorted(names)) or 'none'}); an 'arrays' "
+                              ".npz holds x_train, y_train and optionally x_test, y_test.")
+        if ("x_test" in names) != ("y_test" in names):
+            have, lack = ("x_test", "y_test") if "x_test" in names else ("y_test", "x_test")
+            raise ConfigError(f"The file {path} has {have} but not {lack}; give both "
+                              "arrays of the test split or neither.")
+        keys = [k for k in ("x_train", "y_train", "x_test", "y_test") if k in names]
+        try:
+            arrays = {k: np.asarray(z[k]) for k in keys}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise ConfigError(f"The file {path} is not a readable .npz archive of numeric "
+                              f"arrays ({type(e).__name__}: {e}).") from None
+    for k, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise ConfigError(f"The file {path} has {k} of dtype {a.dtype}; it must hold "
+                              "booleans, integers or real numbers.")
+    # Labels may reach at most the number of examples in the file.
+    total = sum(arrays[k].shape[0] for k in ("y_train", "y_test")
+                if k in arrays and arrays[k].ndim)
+    x_ref = None
+    out = []
+    for split in ("train", "test"):
+        if f"x_{split}" not in arrays:
+            out += [None, None]
+            continue
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        xk, yk = f"x_{split}", f"y_{split}"
+        if x.ndim < 2:
+            raise ConfigError(f"The file {path} has {xk} of shape {x.shape}; it must be "
+                              "(N, F) or (N, ...) with one row per example (a single "
+                              "feature as x[:, None]).")
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise ConfigError(f"The file {path} has {yk} of shape {y.shape}; it must be "
+                              "(N,), one class index per example.")
+        if x.shape[0] != y.shape[0]:
+            raise ConfigError(f"The file {path} has {x.shape[0]} examples in {xk} but "
+                              f"{y.shape[0]} labels in {yk}; they must agree.")
+        if x.shape[0] == 0:
+            raise ConfigError(f"The file {path} has no examples in {xk} (shape "
+                              f"{x.shape}); each split needs at least one.")
+        if math.prod(x.shape[1:]) == 0:
+            raise ConfigError(f"The file {path} has {xk} of shape {x.shape}, with no "
+                              "features; each example needs at least one.")
+        if x_ref is not None and x.shape[1:] != x_ref.shape[1:]:
+            raise ConfigError(f"The file {path} has x_train of shape {x_ref.shape} but "
+                              f"x_test of shape {x.shape}; the examples of both splits "
+                              "must have the same shape.")
+        x_ref = x
+        flat = x.reshape(x.shape[0], -1)
+        feats = _finite_features(flat, path, lambda i, j, k=xk, s=x.shape[1:]:
+                                 f"{k}[{', '.join(map(str, (i,) + np.unravel_index(j, s)))}]")
+        labels = _class_labels(y, path, lambda i, k=yk: f"{k}[{i}]", total)
+        out += [feats, labels]
+    return tuple(out)
+
+
+def _is_text(dtype) -> bool:
+    import pandas as pd
+    return dtype == object or pd.api.types.is_string_dtype(dtype)
+
+
+def read_table(path: str, fmt: str, label_column: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(x float32 (N, F), y int64 (N,))`` of a CSV or parquet table.
+
+    The column named ``label_column`` holds the class indices; every other
+    column of booleans, integers or reals is a feature, in file order. A
+    text column none of whose values reads as a number (a name, an id) is
+    left out, as are columns of other types (dates, categories); a text
+    column where some value reads as a number is refused (a numeric column
+    with a stray ``?``). CSV files need a header line. ConfigError names the
+    file and the first problem (rows are counted from 1 after the header).
+    """
+    import pandas as pd
+    kind = "CSV" if fmt == "csv" else "parquet"
+    errors: tuple = (ValueError, OSError, UnicodeError, pd.errors.ParserWarning)
+    try:
+        if fmt == "csv":
+            # index_col=False: a first row longer than the header is an error
+            # (the warning is raised), never silently read as an index.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                frame = pd.read_csv(path, index_col=False)
+        else:
+            import pyarrow
+            errors += (pyarrow.ArrowException,)
+            frame = pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"The file {path} is empty; a CSV file needs a header line "
+                          f"naming its columns ({label_column!r} among them) and one line "
+                          "per example.") from None
+    except ImportError as e:
+        raise ConfigError(f"Reading the {kind} file {path} needs a package that is not "
+                          f"installed ({e}); install pyarrow.") from None
+    except errors as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(f"The file {path} is not a readable {kind} file "
+                          f"({type(e).__name__}: {first}).") from None
+    columns = [str(c) for c in frame.columns]
+    if label_column not in columns:
+        shown = ", ".join(repr(c) for c in columns[:12]) + (", ..." if len(columns) > 12
+                                                            else "")
+        raise ConfigError(f"data.label_column = {label_column!r} is not a column of the "
+                          f"file {path}; its columns are {shown or 'none'}.")
+    if columns.count(label_column) > 1:
+        raise ConfigError(f"The file {path} has {columns.count(label_column)} columns named "
+                          f"{label_column!r}; the label column must be one.")
+    if len(frame) == 0:
+        raise ConfigError(f"The file {path} has columns but no examples (0 rows); it "
+                          "needs at least one.")
+    n = len(frame)
+    label = frame.iloc[:, columns.index(label_column)]
+    features, names = [], []
+    for j, name in enumerate(columns):
+        if name == label_column:
+            continue
+        col = frame.iloc[:, j]
+        if pd.api.types.is_complex_dtype(col.dtype):
+            raise ConfigError(f"The file {path} has complex numbers in column {name!r}; "
+                              "features must be real numbers.")
+        if pd.api.types.is_bool_dtype(col.dtype) or pd.api.types.is_numeric_dtype(col.dtype):
+            features.append(col.to_numpy(dtype=np.float64, na_value=np.nan))
+            names.append(name)
+        elif _is_text(col.dtype):
+            present = col.notna().to_numpy()
+            numeric = pd.to_numeric(col, errors="coerce").notna().to_numpy()
+            if numeric.any():
+                text = np.flatnonzero(present & ~numeric)
+                if text.size:
+                    i = int(text[0])
+                    raise ConfigError(
+                        f"The file {path} has column {name!r} mixing numbers with text "
+                        f"such as {col.iloc[i]!r} in row {i + 1}; a feature column must "
+                        "hold only numbers (missing values are refused too), and only "
+                        "text columns without numbers are left out.")
+                example = col.iloc[int(np.flatnonzero(numeric)[0])]
+                raise ConfigError(f"The file {path} has column {name!r} holding numbers "
+                                  f"stored as text (such as {example!r}); store them as "
+                                  "numbers, or drop the column.")
+    if not features:
+        raise ConfigError(f"The file {path} has no numeric feature column besides the "
+                          f"label column {label_column!r}; features must be columns of "
+                          "numbers.")
+    x = _finite_features(np.column_stack(features), path,
+                         lambda i, j: f"column {names[j]!r}, row {i + 1}")
+    if _is_text(label.dtype):
+        first = label.dropna()
+        example = repr(first.iloc[0]) if len(first) else "none"
+        raise ConfigError(f"The file {path} has text labels in column {label_column!r} "
+                          f"(such as {example}); labels must be class indices, integers "
+                          "0..C-1 (renumber the classes).")
+    numeric = (pd.api.types.is_bool_dtype(label.dtype)
+               or pd.api.types.is_numeric_dtype(label.dtype))
+    if not numeric or pd.api.types.is_complex_dtype(label.dtype):
+        raise ConfigError(f"The file {path} has labels of type {label.dtype} in column "
+                          f"{label_column!r}; labels must be class indices, integers 0..C-1.")
+    if label.isna().any() or pd.api.types.is_float_dtype(label.dtype):
+        y = label.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif pd.api.types.is_bool_dtype(label.dtype):
+        y = label.to_numpy(dtype=bool)
+    elif pd.api.types.is_unsigned_integer_dtype(label.dtype):
+        y = label.to_numpy(dtype=np.uint64)
+    else:
+        y = label.to_numpy(dtype=np.int64)
+    y = _class_labels(y, path, lambda i: f"column {label_column!r}, row {i + 1}", n)
+    return x, y
+
+
+def _load_arrays(d):
+    """The ``arrays`` dataset: its splits and its number of classes."""
+    path, fmt = arrays_file(d.path)
+    if fmt == "npz":
+        x, y, x_test, y_test = read_arrays_npz(path)
+    else:
+        x, y = read_table(path, fmt, str(d.label_column))
+        x_test = y_test = None
+    if x_test is None:
+        f = float(d.test_fraction)
+        test, rest = holdout_indices(len(y), f, int(d.seed))
+        if test.size == 0:
+            raise ConfigError(f"data.test_fraction = {d.test_fraction!r} is not allowed "
+                              f"for the file {path}, which has no test split: it holds "
+                              f"out floor({f} * {len(y)}) = 0 of its {len(y)} examples; "
+                              f"give at least {1 / len(y):.3g} (or a .npz with x_test, y_test).")
+        x, y, x_test, y_test = x[rest], y[rest], x[test], y[test]
+    num_classes = int(max(y.max(), y_test.max())) + 1
+    if num_classes < 2:
+        raise ConfigError(f"The file {path} has only the label 0; a classification "
+                          "dataset needs at least two classes, 0 and 1.")
+    return x, y, x_test, y_test, num_classes
+
+
+# --------------------------------------------------------------------------
 # Validation against the data
 # --------------------------------------------------------------------------
 
@@ -556,7 +1057,7 @@ def num_train(config) -> int:
         total = 4000
     elif d.name in ("random",) + REGRESSION:
         total = int(d.num_train)
-    else:
+    else:                                   # read from files: load (and check) them
         return load(d).num_train
     return total - int(math.floor(float(d.val_fraction) * total))
 
@@ -564,9 +1065,10 @@ def num_train(config) -> int:
 def check(config) -> None:
     """Validates what depends on the data; raises ConfigError with one sentence.
 
-    ``data.path`` must hold the files of ``mnist``/``fashion_mnist`` (they are
-    loaded and checked), the training set must not be empty, and
-    ``data.batch_size`` must be at most the training set's size.
+    ``data.path`` must hold the files of ``mnist``, ``fashion_mnist``,
+    ``cifar10`` or be the file of ``arrays`` (they are loaded and checked),
+    the training set must not be empty, and ``data.batch_size`` must be at
+    most the training set's size.
     """
     d = _data_section(config)
     if d.name not in DATASETS:
@@ -575,10 +1077,9 @@ def check(config) -> None:
     if d.order not in ORDERS:
         raise ConfigError(f"data.order = {d.order!r} is not allowed; choose one of "
                           f"{', '.join(repr(o) for o in ORDERS)}.")
-    if d.name in ("mnist", "fashion_mnist") and not d.path:
+    if d.name in FILE_DATASETS and not d.path:
         raise ConfigError(f"data.path = {d.path!r} is not allowed for data.name = "
-                          f"{d.name!r}; give the folder that holds "
-                          f"{accepted_files(d.name)}.")
+                          f"{d.name!r}; give {path_wanted(d.name)}.")
     n = num_train(d)
     if n < 1:
         raise ConfigError(f"data.val_fraction = {d.val_fraction!r} is not allowed here; "

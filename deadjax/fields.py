@@ -113,8 +113,11 @@ def boolean() -> Check:
     return check
 
 
-def text() -> Check:
+def text(*, empty: bool = True, what: str = "") -> Check:
+    """A string; ``empty=False`` refuses ``""`` too."""
     def check(f, v):
-        if not isinstance(v, str):
-            raise ConfigError(f"{f} = {v!r} is not allowed; it must be a string.")
+        if not isinstance(v, str) or (not empty and not v):
+            kind = "a string" if empty else "a non-empty string"
+            raise ConfigError(f"{f} = {v!r} is not allowed; it must be {kind}"
+                              f"{' ' + what if what else ''}.")
     return check
