@@ -30,7 +30,7 @@ __all__ = [
     "cross_entropy", "accuracy", "f1_macro", "roc_auc_binary", "auc_roc_ovr",
     "mse", "r2",
     "masked_mean", "layer_fraction", "pooled_fraction",
-    "dead_units", "dormant_scores", "dormant_units", "saturation_fraction",
+    "dead_units", "negative_units", "dormant_scores", "dormant_units", "saturation_fraction",
     "persistent", "revived",
     "preact_stats", "preact_moments", "preact_percentiles", "percentiles", "q_value", "c_value",
     "jacobian_mean_singular_value", "singular_values", "representation_singular_values",
@@ -279,6 +279,24 @@ def dead_units(dphi, max_derivative, threshold=0.0):
     dphi = _float(dphi)
     bound = jnp.asarray(threshold, dphi.dtype) * jnp.asarray(max_derivative, dphi.dtype)
     return jnp.all(jnp.abs(dphi) <= bound, axis=0)
+
+
+def negative_units(z):
+    """Boolean (U,): units whose pre-activation is ``<= 0`` on EVERY probe input.
+
+    ``z`` (N, U) is what enters phi (after normalisation). A dead-unit notion
+    that works for every activation: the unit sits in its negative region for
+    the whole probe batch. For ReLU (``relu'(0) = 0``) it is exactly
+    :func:`dead_units` at threshold 0 (``phi'(z) = 0`` iff ``z <= 0``); for
+    leaky ReLU, PReLU, ELU, SELU, GELU, SiLU, softplus, ... whose derivative
+    does not vanish there, such a unit is not dead (it still gets the gradient
+    ``phi'(z) δ``, e.g. ``slope · δ``) but computes (almost) a linear or
+    constant function of its input on the probe batch and is stuck on the
+    activation's non-rectifying side. Source: the ReLU definition of
+    DESIGN.md "Dead unit" (``z_j(x) <= 0`` for all x; Lu et al. 2019),
+    read on z for any activation. A NaN entry is not ``<= 0``.
+    """
+    return jnp.all(_float(z) <= 0, axis=0)
 
 
 def dormant_scores(h):

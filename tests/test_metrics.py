@@ -289,6 +289,24 @@ def test_dead_relu_hand_made():
     np.testing.assert_allclose(J(M.layer_fraction)(got), 0.5)
 
 
+def test_negative_units_hand_made_and_relu_coincidence():
+    """z <= 0 on every input (NumPy: np.all(z <= 0, axis=0)); for ReLU exactly
+    the dead units (relu'(0) = 0), exact zeros included; NaN is not negative."""
+    got = np.asarray(J(M.negative_units)(Z_RELU))
+    np.testing.assert_array_equal(got, [True, True, False, False, False, True])
+    np.testing.assert_array_equal(got, np.all(Z_RELU.astype(np.float64) <= 0, axis=0))
+    np.testing.assert_array_equal(got, np.asarray(M.dead_units(relu_dphi(Z_RELU), 1.0)))
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(7, 40)).astype(np.float32) - 1.5
+    z[:, :5] = np.where(rng.random((7, 5)) < 0.5, 0.0, -np.abs(z[:, :5]))
+    want = np.all(z.astype(np.float64) <= 0, axis=0)
+    assert 5 <= want.sum() < 40
+    np.testing.assert_array_equal(np.asarray(M.negative_units(z)), want)
+    np.testing.assert_array_equal(np.asarray(M.dead_units(relu_dphi(z), 1.0)), want)
+    z[0, 0] = np.nan
+    assert not bool(M.negative_units(z)[0])
+
+
 def test_dead_tanh_threshold():
     z = np.array([[6.0, 0.5, -7.0],
                   [-8.0, 9.0, -6.5],
@@ -557,6 +575,7 @@ METRICS = {
     "r2": lambda a: M.r2(a["out"], a["target"]),
     "dead_units": lambda a: M.dead_units(a["dphi"], 1.0),
     "dead_units_thr": lambda a: M.dead_units(a["tdphi"], 1.0, 0.05),
+    "negative_units": lambda a: M.negative_units(a["z"]),
     "dormant_units": lambda a: M.dormant_units(a["h"], 0.1),
     "dormant_scores": lambda a: M.dormant_scores(a["h"]),
     "saturation": lambda a: M.saturation_fraction(a["tdphi"], 1.0, 0.01),
