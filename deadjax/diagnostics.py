@@ -152,8 +152,10 @@ def _gradients(p: Probe, ctx: Context) -> dict:
         out[f"weight_norm/{where}"] = jnp.linalg.norm(p.params[f"Dense_{i}"]["kernel"])
         out[f"update_ratio/{where}"] = p.update_ratio[i]
     if ctx.widths:
-        out["grad_norm_ratio"] = (out["grad_norm/layer_0"]
-                                  / out[f"grad_norm/layer_{len(ctx.widths) - 1}"])
+        first = out["grad_norm/layer_0"]
+        last = out[f"grad_norm/layer_{len(ctx.widths) - 1}"]
+        out["grad_norm_ratio"], out["grad_norm_ratio_undefined"] = metrics.grad_norm_ratio(
+            first, last)
     return out
 
 
@@ -257,7 +259,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("saturation", "saturation/* (bounded activations), preact_mean/*, preact_std/*; "
            "preact_p15/p50/p85 at full evaluations", every=_saturation, full=_saturation_full),
     Family("gradients", "grad_norm/*, bias_grad_norm/*, delta_norm/*, update_ratio/*, "
-           "weight_norm/*, grad_norm_ratio", every=_gradients),
+           "weight_norm/*, grad_norm_ratio, grad_norm_ratio_undefined", every=_gradients),
     Family("signal", "q/*, c/*", every=_signal),
     Family("jacobian", "jacobian_sv/* at full evaluations", full=_jacobian_full),
     Family("rank", "effective_rank/* at full evaluations", full=_rank_full),

@@ -36,7 +36,7 @@ __all__ = [
     "jacobian_mean_singular_value", "singular_values", "representation_singular_values",
     "effective_rank",
     "output_constant", "histogram",
-    "frobenius_norm", "update_ratio", "dormant_metric_name",
+    "frobenius_norm", "update_ratio", "grad_norm_ratio", "dormant_metric_name",
 ]
 
 def _float(x):
@@ -101,6 +101,30 @@ def update_ratio(w_after, w_before):
     """
     w_after, w_before = _float(w_after), _float(w_before)
     return frobenius_norm(w_after - w_before) / frobenius_norm(w_before)
+
+
+def grad_norm_ratio(first, last):
+    """``(ratio, undefined)``: the first over the last hidden layer's kernel
+    gradient norm, ``ratio = ||dL/dW_0||_F / ||dL/dW_last||_F`` (DESIGN.md
+    "Gradient flow": << 1 vanishing, >> 1 exploding towards the input), made
+    total for a finite network:
+
+    * ``last > 0``: the quotient;
+    * ``last = 0 < first``: ``+inf`` (IEEE x/0; e.g. a dead last hidden layer
+      bypassed by a residual connection);
+    * ``first = last = 0``: ``0`` (no gradient reaches the first layer: a fully
+      dead last hidden layer, whose zero deltas stop everything below it), and
+      ``undefined = 1`` marks this case (0/0) so it can be told from a true,
+      tiny ratio; ``undefined = 0`` everywhere else.
+
+    Both values survive a mean (pandas drops the NaN 0/0 used to give). A
+    non-finite norm (a diverged member) still gives the IEEE quotient (NaN
+    or inf) and ``undefined = 0``.
+    """
+    first, last = _float(first), _float(last)
+    both_zero = (first == 0) & (last == 0)
+    ratio = jnp.where(both_zero, 0.0, first / jnp.where(both_zero, 1.0, last))
+    return ratio, both_zero.astype(ratio.dtype)
 
 
 def dormant_metric_name(tau, layer):

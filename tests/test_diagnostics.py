@@ -75,6 +75,7 @@ def test_gradient_flow_and_signal_metrics_match_numpy():
         ratio = np.linalg.norm(ref["grads"]["layer_0"][0]) / np.linalg.norm(
             ref["grads"]["layer_1"][0])
         np.testing.assert_allclose(scalars["grad_norm_ratio"][m], ratio, rtol=1e-4)
+        assert scalars["grad_norm_ratio_undefined"][m] == 0
     # histograms of deltas count every (input, unit) entry
     lo, hi, counts = hists["delta/layer_1"]
     assert counts.shape == (2, cfg.diagnostics.histogram_bins)
@@ -94,7 +95,39 @@ def test_network_born_dead_on_purpose():
                                (scalars["dead_fraction/layer_0"] * 10 + 8) / 18)
     # no gradient reaches the dead layer's weights or anything below it
     np.testing.assert_array_equal(scalars["grad_norm/layer_0"], [0.0, 0.0])
+    np.testing.assert_array_equal(scalars["grad_norm/layer_1"], [0.0, 0.0])
     np.testing.assert_array_equal(scalars["delta_norm/layer_1"], [0.0, 0.0])
+    # grad_norm_ratio is 0/0 there: reported as 0 (not NaN) and flagged
+    np.testing.assert_array_equal(scalars["grad_norm_ratio"], [0.0, 0.0])
+    np.testing.assert_array_equal(scalars["grad_norm_ratio_undefined"], [1.0, 1.0])
+
+
+def test_dead_last_layer_bypassed_by_a_residual_gives_an_infinite_ratio():
+    """With a residual connection around the fully dead last hidden layer the
+    first layer still gets a gradient (through the identity) while the last
+    gets none: grad_norm_ratio = +inf (x/0, x > 0), not flagged undefined; the
+    first layer's gradient equals NumPy's backward pass through h_1 = h_0 + 0."""
+    cfg, pop, dd, state = _setup(model__widths=(8, 8), model__residual=True)
+    params = jax.device_get(state.params)
+    params["Dense_1"]["bias"] = np.full_like(params["Dense_1"]["bias"], -1e3)
+    state = state.replace(params=jax.tree.map(jnp.asarray, params))
+    state, scalars, _ = jax.device_get(_evaluate(pop, state, dd))
+    np.testing.assert_array_equal(scalars["dead_fraction/layer_1"], [1.0, 1.0])
+    np.testing.assert_array_equal(scalars["grad_norm/layer_1"], [0.0, 0.0])
+    np.testing.assert_array_equal(scalars["grad_norm_ratio"], [np.inf, np.inf])
+    np.testing.assert_array_equal(scalars["grad_norm_ratio_undefined"], [0.0, 0.0])
+    x, y = np.asarray(dd["probe"][0], np.float64), np.asarray(dd["probe"][1])
+    for m in range(2):
+        W = [np.asarray(params[f"Dense_{i}"]["kernel"][m], np.float64) for i in range(3)]
+        b = [np.asarray(params[f"Dense_{i}"]["bias"][m], np.float64) for i in range(3)]
+        z0 = x @ W[0] + b[0]
+        h1 = np.maximum(z0, 0)            # + relu(z_1) = 0: the dead layer adds nothing
+        logits = h1 @ W[2] + b[2]
+        p = np.exp(logits - logits.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
+        d_out = (p - np.eye(4)[y]) / x.shape[0]
+        d0 = (d_out @ W[2].T) * (z0 > 0)
+        np.testing.assert_allclose(scalars["grad_norm/layer_0"][m], np.linalg.norm(x.T @ d0),
+                                   rtol=1e-4)
 
 
 def test_leaky_layer_in_its_negative_region_reads_negative_not_dead():

@@ -307,6 +307,17 @@ def test_negative_units_hand_made_and_relu_coincidence():
     assert not bool(M.negative_units(z)[0])
 
 
+def test_grad_norm_ratio_is_total_for_finite_norms():
+    """x/y for y > 0, +inf for x/0 with x > 0, 0 flagged undefined for 0/0,
+    the IEEE quotient (unflagged) for non-finite norms."""
+    first = np.array([3.0, 0.0, 2.0, 0.0, np.nan, np.inf, 1.0], np.float32)
+    last = np.array([1.5, 4.0, 0.0, 0.0, 1.0, 1.0, np.nan], np.float32)
+    ratio, undefined = jax.jit(M.grad_norm_ratio)(first, last)
+    np.testing.assert_array_equal(ratio, [2.0, 0.0, np.inf, 0.0, np.nan, np.inf, np.nan])
+    np.testing.assert_array_equal(undefined, [0, 0, 0, 1, 0, 0, 0])
+    assert ratio.dtype == np.float32 and undefined.dtype == np.float32
+
+
 def test_dead_tanh_threshold():
     z = np.array([[6.0, 0.5, -7.0],
                   [-8.0, 9.0, -6.5],
