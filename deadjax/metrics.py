@@ -554,11 +554,14 @@ def effective_rank(h):
 
     Numerical zero: singular values ``<= sigma_max * max(N, U) * eps`` (the
     default tolerance of ``numpy.linalg.matrix_rank``) are set to 0, so
-    round-off does not add spurious directions. All-zero matrix: returns 0
-    (Roy & Vetterli define erank for non-zero matrices only; 0 is the rank of
-    the zero matrix and the limit "no direction", whereas exp(H = 0) = 1 would
-    report a one-dimensional representation for a layer that carries no
-    signal at all). NaN in h gives NaN.
+    round-off does not add spurious directions. All-zero matrix: returns 1
+    (Roy & Vetterli define erank for non-zero matrices only; 1 is what
+    loss-of-plasticity's ``compute_effective_rank``,
+    shibhansh/loss-of-plasticity ``lop/utils/miscellaneous.py``, gives there:
+    its p = sigma / sum|sigma| is 0/0, the entropy sums over p > 0 only and is
+    0, exp(0) = 1), so the measure never leaves [1, min(N, U)] and seed means
+    compare with Dohare et al. 2024's; a layer that carries no signal shows
+    in ``dormant_ratio_0`` and ``dead_fraction``. NaN in h gives NaN.
     """
     h = _float(h)
     s = representation_singular_values(h)
@@ -568,8 +571,7 @@ def effective_rank(h):
     total = jnp.sum(s)
     p = s / jnp.where(total > 0, total, 1.0)
     plogp = jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
-    erank = jnp.exp(-jnp.sum(plogp))
-    erank = jnp.where(total > 0, erank, 0.0)
+    erank = jnp.exp(-jnp.sum(plogp))        # every p = 0 for the zero matrix: exp(0) = 1
     return jnp.where(jnp.all(jnp.isfinite(h)), erank, jnp.nan)
 
 

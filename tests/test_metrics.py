@@ -468,7 +468,21 @@ def test_effective_rank_random_and_zero():
     np.testing.assert_allclose(J(M.effective_rank)(h), ref_effective_rank(h), rtol=1e-5)
     h2 = (rng.normal(size=(10, 30)) * np.logspace(0, -3, 30)).astype(np.float32)
     np.testing.assert_allclose(J(M.effective_rank)(h2), ref_effective_rank(h2), rtol=1e-5)
-    assert float(J(M.effective_rank)(np.zeros((5, 4), np.float32))) == 0.0
+    # An all-zero layer: 1, the convention of loss-of-plasticity's
+    # compute_effective_rank (lop/utils/miscellaneous.py), re-implemented here:
+    # p = sigma / sum|sigma| (0/0 for the zero matrix), entropy over p > 0 only.
+    def lop_effective_rank(m):
+        sv = np.linalg.svd(np.asarray(m, np.float64), compute_uv=False)
+        with np.errstate(invalid="ignore"):
+            p = sv / np.sum(np.abs(sv))
+        return float(np.exp(-sum(q * np.log(q) for q in p if q > 0)))
+
+    zero = np.zeros((5, 4), np.float32)
+    assert lop_effective_rank(zero) == 1.0
+    assert float(J(M.effective_rank)(zero)) == 1.0
+    np.testing.assert_allclose(J(M.effective_rank)(h), lop_effective_rank(h), rtol=1e-5)
+    one = np.zeros((5, 4), np.float32); one[2, 1] = 3.0      # rank one: also 1
+    assert float(J(M.effective_rank)(one)) == pytest.approx(1.0, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------
