@@ -99,7 +99,17 @@ def redo(params, opt_state, fresh_params, activations: Sequence[jax.Array], tau:
     weights, and its optimiser entries (incoming and outgoing) reset to 0.
 
     Returns ``(params, opt_state, reset)`` with ``reset`` the per-layer bool
-    masks of the recycled units."""
+    masks of the recycled units.
+
+    Where this differs from the authors' code (google/dopamine
+    ``dopamine/labs/redo/weight_recyclers.py``, ``NeuronRecycler``; details in
+    docs/interventions.md): the recycled units' bias optimiser moments are
+    zeroed (dopamine's masks skip 1-D parameters, so it keeps them); a weight
+    outgoing of one recycled unit and incoming of another gets the fresh value
+    (dopamine zeroes it last); the score divides by the layer mean exactly,
+    with no ``+ 1e-9`` (all-zero layer: every score 0, as there); fresh
+    weights come from the member's initialiser (dopamine: xavier_uniform, bias
+    0)."""
     reset = [metrics.dormant_units(h, tau) for h in activations]
     params, opt_state = replace_units(params, opt_state, fresh_params, reset)
     return params, opt_state, reset
