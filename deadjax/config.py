@@ -334,8 +334,13 @@ def _intervention_rules(c) -> None:
                           "model.widths = (); a linear model has no hidden units.")
 
 
+def _model_rules(c) -> None:
+    initializers.check_kernel_init_for(c.model.kernel_init,
+                                       activations.canonical(c.model.activation))
+
+
 # Checks that involve several fields, run after the fields of their section.
-SECTION_RULES = {"data": _data_rules, "train": _train_rules,
+SECTION_RULES = {"data": _data_rules, "model": _model_rules, "train": _train_rules,
                  "interventions": _intervention_rules}
 
 

@@ -94,8 +94,13 @@ def _layers(ctx):
 
 
 def _dead(p: Probe, ctx: Context) -> dict:
+    """dead_fraction (phi' = 0 on every probe input, the trainer carries its
+    masks for dead_persistent and revived) and negative_fraction (z <= 0 on
+    every probe input, :func:`deadjax.metrics.negative_units`, the same notion
+    for ReLU and one that works for every activation)."""
     out = {}
     total = jnp.zeros((), jnp.float32)
+    negative_total = jnp.zeros((), jnp.float32)
     nan = jnp.full((), jnp.nan, jnp.float32)
     for (l, where), dead in zip(_layers(ctx), dead_masks(p, ctx)):
         total = total + dead.sum()
@@ -104,8 +109,12 @@ def _dead(p: Probe, ctx: Context) -> dict:
         out[f"dead_persistent/{where}"] = jnp.where(p.has_prev, metrics.persistent(dead, prev),
                                                     nan)
         out[f"revived/{where}"] = jnp.where(p.has_prev, metrics.revived(dead, prev), nan)
+        negative = metrics.negative_units(p.cap["pre"][l])
+        negative_total = negative_total + negative.sum()
+        out[f"negative_fraction/{where}"] = metrics.layer_fraction(negative)
     if ctx.widths:
         out["dead_fraction/all"] = total / sum(ctx.widths)
+        out["negative_fraction/all"] = negative_total / sum(ctx.widths)
     return out
 
 
@@ -143,8 +152,10 @@ def _gradients(p: Probe, ctx: Context) -> dict:
         out[f"weight_norm/{where}"] = jnp.linalg.norm(p.params[f"Dense_{i}"]["kernel"])
         out[f"update_ratio/{where}"] = p.update_ratio[i]
     if ctx.widths:
-        out["grad_norm_ratio"] = (out["grad_norm/layer_0"]
-                                  / out[f"grad_norm/layer_{len(ctx.widths) - 1}"])
+        first = out["grad_norm/layer_0"]
+        last = out[f"grad_norm/layer_{len(ctx.widths) - 1}"]
+        out["grad_norm_ratio"], out["grad_norm_ratio_undefined"] = metrics.grad_norm_ratio(
+            first, last)
     return out
 
 
@@ -242,12 +253,13 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("dead", "dead_fraction/*, dead_persistent/*, revived/*", every=_dead),
+    Family("dead", "dead_fraction/*, dead_persistent/*, revived/*, negative_fraction/*",
+           every=_dead),
     Family("dormant", "dormant_ratio_{tau:g}/*", every=_dormant),
     Family("saturation", "saturation/* (bounded activations), preact_mean/*, preact_std/*; "
            "preact_p15/p50/p85 at full evaluations", every=_saturation, full=_saturation_full),
     Family("gradients", "grad_norm/*, bias_grad_norm/*, delta_norm/*, update_ratio/*, "
-           "weight_norm/*, grad_norm_ratio", every=_gradients),
+           "weight_norm/*, grad_norm_ratio, grad_norm_ratio_undefined", every=_gradients),
     Family("signal", "q/*, c/*", every=_signal),
     Family("jacobian", "jacobian_sv/* at full evaluations", full=_jacobian_full),
     Family("rank", "effective_rank/* at full evaluations", full=_rank_full),

@@ -7,7 +7,8 @@ scalars, so a sweep over σ_w is one vmapped population: no Python control
 flow ever looks at their values.
 
 Kernel initialisers (W_ij i.i.d. unless stated; U = uniform, N = normal;
-every random kernel's standard deviation is multiplied by ``gain``, default 1)
+every random kernel's standard deviation is multiplied by ``gain``, default 1;
+docs/initializers.md has the same table)
 -----------------------------------------------------------------------------
 ``standard``        U[−1/√fan_in, 1/√fan_in]                   Glorot & Bengio 2010, eq. 1
                     (the "commonly used heuristic"; Var = 1/(3 fan_in))
@@ -17,8 +18,16 @@ every random kernel's standard deviation is multiplied by ``gain``, default 1)
 ``glorot_normal``   N(0, 2/(fan_in+fan_out))                   same variance as eq. 16
 ``he_normal``       N(0, 2/fan)                                He et al. 2015, eq. 10
                     (fan = fan_in, ``mode="fan_in"``) or eq. 14 (fan = fan_out,
-                    ``mode="fan_out"``)
+                    ``mode="fan_out"``): the ReLU case, whatever the activation
 ``he_uniform``      U[−√(6/fan), +√(6/fan)]                    same variance 2/fan
+``he_leaky_normal`` N(0, 2/((1 + a²) fan))                     He et al. 2015, eq. 15
+                    (its fan_out analogue with ``mode="fan_out"``), a the
+                    activation's negative slope: ``model.leaky_slope`` for
+                    leaky_relu (per member, traced), the initial 0.25 for prelu,
+                    0 for relu (then equal to he_normal); torch's
+                    ``kaiming_normal_(a=a)``
+``he_leaky_uniform`` U[−√(6/((1 + a²) fan)), +√(6/((1 + a²) fan))]  same variance;
+                    torch's ``kaiming_uniform_(a=a)``
 ``lecun_normal``    N(0, 1/fan)                                LeCun et al. 1998,
 ``lecun_uniform``   U[−√(3/fan), +√(3/fan)]                    "Efficient BackProp" §4.6:
                     σ = fan_in^(−1/2); fan follows ``mode`` like He's
@@ -33,9 +42,21 @@ every random kernel's standard deviation is multiplied by ``gain``, default 1)
 ``zeros``           0
 ``constant``        every entry equals ``gain`` (not random: ``gain`` is the value)
 
+**He and the negative slope.** ``he_normal``/``he_uniform`` use variance
+2/fan for every activation, the convention of JAX's and Flax's
+``he_normal``/``he_uniform`` (``variance_scaling(2.0, ...)``) and of
+torch's ``kaiming_*`` with their default ``a = 0``; for a leaky or
+parametric ReLU of slope a that is (1 + a²) times He et al.'s eq. 15
+(6% more variance at a = 0.25, PReLU's initial slope; 0.01% at a = 0.01).
+``he_leaky_normal``/``he_leaky_uniform`` are eq. 15 itself, 2/((1 + a²) fan),
+with a taken from the member's activation (``negative_slope`` here; a
+traced per-member value is allowed); the config allows them with relu,
+leaky_relu and prelu only. The default ``model.kernel_init`` stays
+``he_normal``, and existing names keep their numbers.
+
 Normal draws are plain Gaussians (not truncated, unlike ``jax.nn.initializers``'
 ``lecun_normal``/``he_normal``), so variances equal the paper formulas exactly.
-``mode`` only affects ``he_*`` and ``lecun_*``; ``standard`` and ``mean_field``
+``mode`` only affects ``he_*``, ``he_leaky_*`` and ``lecun_*``; ``standard`` and ``mean_field``
 always use fan_in, ``glorot_*`` uses both fans.
 
 Aliases: xavier_uniform / xavier / glorot -> glorot_uniform (Glorot & Bengio's
@@ -69,7 +90,12 @@ Array = jax.Array
 
 KERNEL_INITS: tuple[str, ...] = (
     "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform",
-    "lecun_normal", "orthogonal", "standard", "mean_field", "rai", "zeros", "constant")
+    "lecun_normal", "orthogonal", "standard", "mean_field", "rai", "zeros", "constant",
+    "he_leaky_uniform", "he_leaky_normal")
+# The initialisers whose variance depends on the activation's negative slope
+# (He et al. 2015, eq. 15); the config allows them with these activations only.
+SLOPE_AWARE_INITS: tuple[str, ...] = ("he_leaky_uniform", "he_leaky_normal")
+RECTIFIERS: tuple[str, ...] = ("relu", "leaky_relu", "prelu")
 BIAS_INITS: tuple[str, ...] = ("zeros", "constant", "mean_field", "standard", "normal")
 
 KERNEL_ALIASES: dict[str, str] = {
@@ -174,15 +200,16 @@ def rai(key, fan_in: int, fan_out: int, *, gain=1.0, dtype=jnp.float32) -> tuple
     return v[:-1].astype(dtype), v[-1].astype(dtype)
 
 
-def kernel(name, key, shape, *, mode="fan_in", gain=1.0, sigma_w=1.0,
+def kernel(name, key, shape, *, mode="fan_in", gain=1.0, sigma_w=1.0, negative_slope=0.0,
            dtype=jnp.float32) -> Array:
     """A kernel of ``shape`` from the initialiser ``name`` (see the module table).
 
-    ``mode`` ("fan_in" or "fan_out") picks the fan of he_* and lecun_*.
-    ``gain`` multiplies the std of every random init and is the value of
-    ``constant``; ``sigma_w`` is used by ``mean_field`` only. For ``rai`` this
-    returns the kernel part of :func:`rai` (the bias drawn with it is dropped;
-    use :func:`dense_params` to get both).
+    ``mode`` ("fan_in" or "fan_out") picks the fan of he_*, he_leaky_* and
+    lecun_*. ``gain`` multiplies the std of every random init and is the value
+    of ``constant``; ``sigma_w`` is used by ``mean_field`` only and
+    ``negative_slope`` (a, may be traced) by ``he_leaky_*`` only. For ``rai``
+    this returns the kernel part of :func:`rai` (the bias drawn with it is
+    dropped; use :func:`dense_params` to get both).
     """
     name = check_kernel_init(name, field="kernel_init")
     if mode not in ("fan_in", "fan_out"):
@@ -200,24 +227,58 @@ def kernel(name, key, shape, *, mode="fan_in", gain=1.0, sigma_w=1.0,
         if len(shape) != 2:
             raise ValueError(f"rai needs a 2-d kernel, got shape {shape}")
         return rai(key, n_in, n_out, gain=gain, dtype=dtype)[0]
+    # He et al. 2015, eq. 15: the std of he_* divided by sqrt(1 + a^2).
+    slope_factor = (jnp.sqrt(1.0 + jnp.square(jnp.asarray(negative_slope, jnp.float32)))
+                    if name in SLOPE_AWARE_INITS else 1.0)
     uniform_bounds = {
         "standard": 1.0 / math.sqrt(n_in),
         "glorot_uniform": math.sqrt(6.0 / (n_in + n_out)),
         "he_uniform": math.sqrt(6.0 / fan),
+        "he_leaky_uniform": math.sqrt(6.0 / fan),
         "lecun_uniform": math.sqrt(3.0 / fan),
     }
     if name in uniform_bounds:
-        return _uniform(key, shape, gain * uniform_bounds[name], dtype)
+        bound = gain * uniform_bounds[name]
+        if name in SLOPE_AWARE_INITS:
+            bound = bound / slope_factor
+        return _uniform(key, shape, bound, dtype)
     normal_stds = {
         "glorot_normal": math.sqrt(2.0 / (n_in + n_out)),
         "he_normal": math.sqrt(2.0 / fan),
+        "he_leaky_normal": math.sqrt(2.0 / fan),
         "lecun_normal": math.sqrt(1.0 / fan),
         "mean_field": 1.0 / math.sqrt(n_in),
     }
     std = gain * normal_stds[name]
     if name == "mean_field":
         std = std * sigma_w
+    if name in SLOPE_AWARE_INITS:
+        std = std / slope_factor
     return _normal(key, shape, std, dtype)
+
+
+def negative_slope_of(activation: str, leaky_slope, prelu_initial_slope: float):
+    """The negative slope ``a`` that He et al.'s eq. 15 (``he_leaky_*``) uses for
+    ``activation``: ``leaky_slope`` (the member's, may be traced) for leaky_relu,
+    the initial slope of prelu, 0 for every other activation (relu; the config
+    refuses he_leaky_* with activations that are not rectifiers)."""
+    if activation == "leaky_relu":
+        return leaky_slope
+    if activation == "prelu":
+        return prelu_initial_slope
+    return 0.0
+
+
+def check_kernel_init_for(kernel_init, activation, field="model.kernel_init") -> None:
+    """Refuses a slope-aware He initialiser (He et al. 2015, eq. 15) for an
+    activation that is not a rectifier, in one sentence."""
+    name = check_kernel_init(kernel_init, field=field)
+    if name in SLOPE_AWARE_INITS and activation not in RECTIFIERS:
+        raise ConfigError(
+            f"{field} = {kernel_init!r} is not allowed for model.activation = "
+            f"{activation!r}; He et al.'s slope-aware variance is for "
+            f"{', '.join(repr(a) for a in RECTIFIERS)} (use 'he_normal' or another "
+            "initialiser).")
 
 
 def bias(name, key, shape, *, fan_in, sigma_b=0.0, value=0.0, dtype=jnp.float32) -> Array:
@@ -235,7 +296,7 @@ def bias(name, key, shape, *, fan_in, sigma_b=0.0, value=0.0, dtype=jnp.float32)
 
 def dense_params(key, fan_in: int, fan_out: int, *, kernel_init: str, bias_init: str,
                  mode: str = "fan_in", gain=1.0, sigma_w=1.0, sigma_b=0.0, bias_value=0.0,
-                 dtype=jnp.float32) -> tuple[Array, Array]:
+                 negative_slope=0.0, dtype=jnp.float32) -> tuple[Array, Array]:
     """(kernel (fan_in, fan_out), bias (fan_out,)) of one dense layer.
 
     Kernel and bias use independent halves of ``key``. With
@@ -248,7 +309,7 @@ def dense_params(key, fan_in: int, fan_out: int, *, kernel_init: str, bias_init:
         return rai(key, fan_in, fan_out, gain=gain, dtype=dtype)
     k_w, k_b = jax.random.split(key)
     w = kernel(kernel_init, k_w, (fan_in, fan_out), mode=mode, gain=gain,
-               sigma_w=sigma_w, dtype=dtype)
+               sigma_w=sigma_w, negative_slope=negative_slope, dtype=dtype)
     b = bias(bias_init, k_b, (fan_out,), fan_in=fan_in, sigma_b=sigma_b,
              value=bias_value, dtype=dtype)
     return w, b

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from deadjax import activations, metrics
 from deadjax.errors import ConfigError
-from deadjax.fields import Field, integer, real
+from deadjax.fields import Field, boolean, integer, real
 
 
 def unit_parameter_masks(params, masks: Sequence[jax.Array]):
@@ -99,7 +99,17 @@ def redo(params, opt_state, fresh_params, activations: Sequence[jax.Array], tau:
     weights, and its optimiser entries (incoming and outgoing) reset to 0.
 
     Returns ``(params, opt_state, reset)`` with ``reset`` the per-layer bool
-    masks of the recycled units."""
+    masks of the recycled units.
+
+    Where this differs from the authors' code (google/dopamine
+    ``dopamine/labs/redo/weight_recyclers.py``, ``NeuronRecycler``; details in
+    docs/interventions.md): the recycled units' bias optimiser moments are
+    zeroed (dopamine's masks skip 1-D parameters, so it keeps them); a weight
+    outgoing of one recycled unit and incoming of another gets the fresh value
+    (dopamine zeroes it last); the score divides by the layer mean exactly,
+    with no ``+ 1e-9`` (all-zero layer: every score 0, as there); fresh
+    weights come from the member's initialiser (dopamine: xavier_uniform, bias
+    0)."""
     reset = [metrics.dormant_units(h, tau) for h in activations]
     params, opt_state = replace_units(params, opt_state, fresh_params, reset)
     return params, opt_state, reset
@@ -140,6 +150,12 @@ CBP_REPLACEMENT_RATE_PERMUTED_MNIST = 1e-4
 CBP_REPLACEMENT_RATES_PERMUTED_MNIST = (1e-4, 1e-5, 1e-6)
 CBP_REPLACEMENT_RATES_SLOWLY_CHANGING_REGRESSION = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 CBP_REPLACEMENT_RATE_CONTINUAL_IMAGENET = 3e-4
+# Rank by the bias-corrected utility u / (1 - decay^age): what the reference
+# code does unconditionally (lop/algos/gnt.py, GnT.update_utility and
+# GnT.test_features, driven by lop/algos/cbp.py in the permuted-MNIST and
+# slowly-changing-regression runners); the Nature paper's eq. 1 has no
+# correction. See continual_backprop's docstring.
+CBP_BIAS_CORRECTION = True
 
 
 def init_cbp_state(widths: Sequence[int]) -> dict:
@@ -153,7 +169,7 @@ def init_cbp_state(widths: Sequence[int]) -> dict:
 
 def continual_backprop(params, opt_state, fresh_params, cbp_state,
                        activations: Sequence[jax.Array], *, replacement_rate, maturity,
-                       decay, bias_correction: bool = False):
+                       decay, bias_correction=CBP_BIAS_CORRECTION):
     """Continual backpropagation (Dohare, Hernandez-Garcia, Lan, Rahman,
     Mahmood & Sutton 2024, "Loss of plasticity in deep continual learning",
     Nature 632:768-774, Methods "Continual backpropagation" and its
@@ -176,8 +192,12 @@ def continual_backprop(params, opt_state, fresh_params, cbp_state,
     (``cbp.py`` calls generate-and-test after ``opt.step()``), and all
     utilities computed from the parameters as passed in, before any of this
     step's replacements (as ``GnT.test_features`` does for every layer before
-    ``gen_new_features``). The score is ``u_l`` (paper), or with
-    ``bias_correction=True`` the reference's Adam-style ``u_l / (1 - η^a_l)``.
+    ``gen_new_features``). Units are ranked by the score
+
+        s_l,i = u_l,i / (1 - η^a_l,i)   (bias_correction true: the reference code)
+        s_l,i = u_l,i                   (bias_correction false: the paper's eq. 1)
+
+    (``a_l,i >= 1`` after the increment, so ``1 - η^a > 0``).
     Every unit of ``R_l`` then gets its incoming parameters (``Dense_l``
     kernel column and bias, normalisation scale and bias, PReLU slope) from
     ``fresh_params``, zero outgoing weights (row of ``Dense_{l+1}/kernel``),
@@ -188,8 +208,8 @@ def continual_backprop(params, opt_state, fresh_params, cbp_state,
 
     Returns ``(params, opt_state, cbp_state, replaced)``; ``replaced`` is the
     tuple of per-layer bool ``(U_l,)`` masks of ``R_l``. ``replacement_rate``
-    (in [0, 1]), ``maturity`` and ``decay`` may be traced per-member float32
-    scalars; the number replaced is dynamic but all shapes are static
+    (in [0, 1]), ``maturity``, ``decay`` and ``bias_correction`` (a bool, or a
+    number: non-zero means true) may be traced per-member scalars; the number replaced is dynamic but all shapes are static
     (eligible units are ranked by score with a stable argsort and those of
     rank < ``n_l`` are replaced), so the function is jit- and vmap-safe. With
     ``replacement_rate = 0`` params and opt_state come back bit for bit.
@@ -209,9 +229,22 @@ def continual_backprop(params, opt_state, fresh_params, cbp_state,
       ranking unchanged. A batch of ``B > 1`` examples enters through
       ``mean_b |h|`` (the reference's ``features.abs().mean(dim=0)``; the
       paper trains on single examples).
-    * Bias correction: the paper's eq. 1 has none; the reference ranks by
-      ``u/(1 - η^a)``. Default off; ``bias_correction=True`` (a static Python
-      bool) follows the reference.
+    * Bias correction: the paper's eq. 1 (Methods, "Specifics of continual
+      backpropagation") has none; the reference code that produced the
+      feed-forward figures ranks by ``u/(1 - η^a)`` ("Adam-style bias
+      correction", ``GnT.update_utility`` computes ``bias_corrected_util``
+      and ``GnT.test_features`` takes ``torch.topk`` of it, with no switch
+      to turn it off; ``lop/algos/cbp.py`` builds that ``GnT`` for
+      ``lop/permuted_mnist/online_expr.py`` and
+      ``lop/slowly_changing_regression/expr.py``). Default on
+      (:data:`CBP_BIAS_CORRECTION`, config field
+      ``interventions.cbp_bias_correction``). Without it a unit that has just
+      matured (age m + 1 = 101) carries ``1 - 0.99^101 ≈ 0.64`` of its
+      steady utility, so the units replaced last are the lowest-ranked again
+      as soon as they mature, and a few units are replaced over and over
+      while the others never are (tests/test_interventions.py). (The
+      reference's ``CBPLinear``/``CBPConv`` of the convolutional experiments
+      use no running utility at all; not implemented here.)
     * Number replaced: fractional replacements accumulate across steps
       (reference ``accumulate=True``, used for permuted MNIST). The reference's
       other mode (``accumulate=False``, the slowly-changing-regression
@@ -247,15 +280,18 @@ def continual_backprop(params, opt_state, fresh_params, cbp_state,
 
 
 def cbp_select(params, cbp_state, activations: Sequence[jax.Array], *, replacement_rate,
-               maturity, decay, bias_correction: bool = False):
+               maturity, decay, bias_correction=CBP_BIAS_CORRECTION):
     """The bookkeeping half of :func:`continual_backprop`: ``(cbp_state,
     replaced)`` with utilities and ages updated (replaced units' reset to 0)
     and the per-layer masks of the units to replace; parameters untouched.
     The trainer runs it every step and :func:`replace_units` only at steps
-    where some member replaces a unit."""
+    where some member replaces a unit. ``bias_correction`` may be traced (a
+    per-member value: the score is chosen with ``jnp.where``, so either
+    choice gives bit for bit the score of the static one)."""
     rate = jnp.asarray(replacement_rate, jnp.float32)
     mat = jnp.asarray(maturity, jnp.float32)
     eta = jnp.asarray(decay, jnp.float32)
+    corrected = jnp.asarray(bias_correction) != 0
     utilities, ages, pending, replaced = [], [], [], []
     for l, h in enumerate(activations):
         h = jnp.asarray(h, jnp.float32)
@@ -263,7 +299,7 @@ def cbp_select(params, cbp_state, activations: Sequence[jax.Array], *, replaceme
         contribution = jnp.mean(jnp.abs(h), axis=0) * jnp.sum(jnp.abs(w_out), axis=1)
         age = cbp_state["age"][l] + 1
         u = eta * cbp_state["utility"][l] + (1 - eta) * contribution
-        score = u / (1 - eta ** age.astype(jnp.float32)) if bias_correction else u
+        score = jnp.where(corrected, u / (1 - eta ** age.astype(jnp.float32)), u)
         eligible = age.astype(jnp.float32) > mat
         c = cbp_state["pending"][l] + rate * jnp.sum(eligible).astype(jnp.float32)
         n = jnp.floor(c)
@@ -385,7 +421,8 @@ def _continual_backprop(config, widths) -> Transform:
         hp = member.hparams
         cbp, replaced = cbp_select(member.params, cbp, obs.post,
                                    replacement_rate=hp["replacement_rate"],
-                                   maturity=hp["maturity"], decay=hp["utility_decay"])
+                                   maturity=hp["maturity"], decay=hp["utility_decay"],
+                                   bias_correction=hp["cbp_bias_correction"])
         return cbp, Edit(reinit=replaced, counted=replaced)
     return Transform(lambda: init_cbp_state(widths), update)
 
@@ -428,7 +465,12 @@ REMEDIES: dict[str, Remedy] = {r.name: r for r in (
                      hparam="maturity", added=ADDED),
                Field("interventions.utility_decay", 0.99, "continual_backprop: decay of "
                      "the running utility", real(0.0, 1.0, high_open=True),
-                     per_member=True, hparam="utility_decay", added=ADDED))),
+                     per_member=True, hparam="utility_decay", added=ADDED),
+               Field("interventions.cbp_bias_correction", CBP_BIAS_CORRECTION,
+                     "continual_backprop: rank units by u / (1 - decay^age) (True, the "
+                     "reference code lop/algos/gnt.py) or by u (False, the paper's eq. 1)",
+                     boolean(), per_member=True, hparam="cbp_bias_correction",
+                     encode=float, added="2026-12-01"))),
     Remedy("shrink_perturb", _shrink_perturb, doc="shrink and perturb (Ash & Adams 2020): "
            "theta <- shrink * theta + noise * N(0, 1)", fields=(
                Field("interventions.shrink", 0.9, "shrink_perturb: factor lambda",

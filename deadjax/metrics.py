@@ -30,13 +30,13 @@ __all__ = [
     "cross_entropy", "accuracy", "f1_macro", "roc_auc_binary", "auc_roc_ovr",
     "mse", "r2",
     "masked_mean", "layer_fraction", "pooled_fraction",
-    "dead_units", "dormant_scores", "dormant_units", "saturation_fraction",
+    "dead_units", "negative_units", "dormant_scores", "dormant_units", "saturation_fraction",
     "persistent", "revived",
     "preact_stats", "preact_moments", "preact_percentiles", "percentiles", "q_value", "c_value",
     "jacobian_mean_singular_value", "singular_values", "representation_singular_values",
     "effective_rank",
     "output_constant", "histogram",
-    "frobenius_norm", "update_ratio", "dormant_metric_name",
+    "frobenius_norm", "update_ratio", "grad_norm_ratio", "dormant_metric_name",
 ]
 
 def _float(x):
@@ -101,6 +101,30 @@ def update_ratio(w_after, w_before):
     """
     w_after, w_before = _float(w_after), _float(w_before)
     return frobenius_norm(w_after - w_before) / frobenius_norm(w_before)
+
+
+def grad_norm_ratio(first, last):
+    """``(ratio, undefined)``: the first over the last hidden layer's kernel
+    gradient norm, ``ratio = ||dL/dW_0||_F / ||dL/dW_last||_F`` (DESIGN.md
+    "Gradient flow": << 1 vanishing, >> 1 exploding towards the input), made
+    total for a finite network:
+
+    * ``last > 0``: the quotient;
+    * ``last = 0 < first``: ``+inf`` (IEEE x/0; e.g. a dead last hidden layer
+      bypassed by a residual connection);
+    * ``first = last = 0``: ``0`` (no gradient reaches the first layer: a fully
+      dead last hidden layer, whose zero deltas stop everything below it), and
+      ``undefined = 1`` marks this case (0/0) so it can be told from a true,
+      tiny ratio; ``undefined = 0`` everywhere else.
+
+    Both values survive a mean (pandas drops the NaN 0/0 used to give). A
+    non-finite norm (a diverged member) still gives the IEEE quotient (NaN
+    or inf) and ``undefined = 0``.
+    """
+    first, last = _float(first), _float(last)
+    both_zero = (first == 0) & (last == 0)
+    ratio = jnp.where(both_zero, 0.0, first / jnp.where(both_zero, 1.0, last))
+    return ratio, both_zero.astype(ratio.dtype)
 
 
 def dormant_metric_name(tau, layer):
@@ -279,6 +303,24 @@ def dead_units(dphi, max_derivative, threshold=0.0):
     dphi = _float(dphi)
     bound = jnp.asarray(threshold, dphi.dtype) * jnp.asarray(max_derivative, dphi.dtype)
     return jnp.all(jnp.abs(dphi) <= bound, axis=0)
+
+
+def negative_units(z):
+    """Boolean (U,): units whose pre-activation is ``<= 0`` on EVERY probe input.
+
+    ``z`` (N, U) is what enters phi (after normalisation). A dead-unit notion
+    that works for every activation: the unit sits in its negative region for
+    the whole probe batch. For ReLU (``relu'(0) = 0``) it is exactly
+    :func:`dead_units` at threshold 0 (``phi'(z) = 0`` iff ``z <= 0``); for
+    leaky ReLU, PReLU, ELU, SELU, GELU, SiLU, softplus, ... whose derivative
+    does not vanish there, such a unit is not dead (it still gets the gradient
+    ``phi'(z) δ``, e.g. ``slope · δ``) but computes (almost) a linear or
+    constant function of its input on the probe batch and is stuck on the
+    activation's non-rectifying side. Source: the ReLU definition of
+    DESIGN.md "Dead unit" (``z_j(x) <= 0`` for all x; Lu et al. 2019),
+    read on z for any activation. A NaN entry is not ``<= 0``.
+    """
+    return jnp.all(_float(z) <= 0, axis=0)
 
 
 def dormant_scores(h):
@@ -512,11 +554,14 @@ def effective_rank(h):
 
     Numerical zero: singular values ``<= sigma_max * max(N, U) * eps`` (the
     default tolerance of ``numpy.linalg.matrix_rank``) are set to 0, so
-    round-off does not add spurious directions. All-zero matrix: returns 0
-    (Roy & Vetterli define erank for non-zero matrices only; 0 is the rank of
-    the zero matrix and the limit "no direction", whereas exp(H = 0) = 1 would
-    report a one-dimensional representation for a layer that carries no
-    signal at all). NaN in h gives NaN.
+    round-off does not add spurious directions. All-zero matrix: returns 1
+    (Roy & Vetterli define erank for non-zero matrices only; 1 is what
+    loss-of-plasticity's ``compute_effective_rank``,
+    shibhansh/loss-of-plasticity ``lop/utils/miscellaneous.py``, gives there:
+    its p = sigma / sum|sigma| is 0/0, the entropy sums over p > 0 only and is
+    0, exp(0) = 1), so the measure never leaves [1, min(N, U)] and seed means
+    compare with Dohare et al. 2024's; a layer that carries no signal shows
+    in ``dormant_ratio_0`` and ``dead_fraction``. NaN in h gives NaN.
     """
     h = _float(h)
     s = representation_singular_values(h)
@@ -526,8 +571,7 @@ def effective_rank(h):
     total = jnp.sum(s)
     p = s / jnp.where(total > 0, total, 1.0)
     plogp = jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
-    erank = jnp.exp(-jnp.sum(plogp))
-    erank = jnp.where(total > 0, erank, 0.0)
+    erank = jnp.exp(-jnp.sum(plogp))        # every p = 0 for the zero matrix: exp(0) = 1
     return jnp.where(jnp.all(jnp.isfinite(h)), erank, jnp.nan)
 
 

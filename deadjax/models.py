@@ -57,7 +57,7 @@ class Dense(nn.Module):
     bias_value: float
 
     @nn.compact
-    def __call__(self, x, sigma_w, sigma_b):
+    def __call__(self, x, sigma_w, sigma_b, negative_slope=0.0):
         fan_in = x.shape[-1]
         dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # x64 aware
         if self.is_initializing():
@@ -65,7 +65,8 @@ class Dense(nn.Module):
             kernel, bias = initializers.dense_params(
                 self.make_rng("params"), fan_in, self.features, kernel_init=self.kernel_init,
                 bias_init=self.bias_init, mode=self.init_mode, gain=self.init_gain,
-                sigma_w=sigma_w, sigma_b=sigma_b, bias_value=self.bias_value, dtype=dtype)
+                sigma_w=sigma_w, sigma_b=sigma_b, bias_value=self.bias_value,
+                negative_slope=negative_slope, dtype=dtype)
         else:
             # Flax checks the stored parameters against the initialisers' shapes.
             kernel = jnp.zeros((fan_in, self.features), dtype)
@@ -107,12 +108,16 @@ class MLP(nn.Module):
                      init_mode=self.init_mode, init_gain=self.init_gain,
                      bias_value=self.bias_value)
         sigma_w, sigma_b = hyper["sigma_w"], hyper["sigma_b"]
+        # The negative slope a of He et al.'s eq. 15 (read by he_leaky_* only):
+        # the member's leaky slope, PReLU's initial slope, else 0.
+        init_slope = initializers.negative_slope_of(act.name, hyper.get("leaky_slope"),
+                                                    PRELU_INITIAL_SLOPE)
         dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float64 under jax_enable_x64
         cap = {"affine": [], "pre": [], "post": [], "dphi": [], "out": []}
         h = x
         for l, width in enumerate(self.widths):
             z = Dense(width, use_bias=self.norm == "none", name=f"Dense_{l}",
-                      **dense)(h, sigma_w, sigma_b)
+                      **dense)(h, sigma_w, sigma_b, init_slope)
             if capture:
                 cap["affine"].append(z)
             if self.norm == "batch":
@@ -145,7 +150,7 @@ class MLP(nn.Module):
             if capture:
                 cap["out"].append(h)
         logits = Dense(self.num_outputs, use_bias=True, name=f"Dense_{len(self.widths)}",
-                       **dense)(h, sigma_w, sigma_b)
+                       **dense)(h, sigma_w, sigma_b, init_slope)
         if capture:
             return logits, cap
         return logits

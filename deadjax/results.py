@@ -24,7 +24,7 @@ RESULTS = "results.parquet"
 ID_COLUMNS = ("point", "group", "step")
 # Metric columns whose names have no "family/where" slash (DESIGN.md).
 FLAT_METRICS = ("diverged", "diverged_step", "output_constant", "born_dead",
-                "grad_norm_ratio", "task")
+                "grad_norm_ratio", "grad_norm_ratio_undefined", "task")
 
 
 def is_metric(column: str) -> bool:

@@ -61,6 +61,7 @@ def test_gradient_flow_and_signal_metrics_match_numpy():
             np.testing.assert_allclose(scalars[f"q/{where}"][m], np.mean(z ** 2), rtol=1e-4)
             dead = np.all(z <= 0, axis=0)
             np.testing.assert_allclose(scalars[f"dead_fraction/{where}"][m], dead.mean())
+            np.testing.assert_allclose(scalars[f"negative_fraction/{where}"][m], dead.mean())
             # mean singular value of diag(phi') W^T over the first J probe inputs
             J = cfg.diagnostics.jacobian_probe_size
             svs = [np.linalg.svd((z[i] > 0)[:, None] * W.T, compute_uv=False).mean()
@@ -74,6 +75,7 @@ def test_gradient_flow_and_signal_metrics_match_numpy():
         ratio = np.linalg.norm(ref["grads"]["layer_0"][0]) / np.linalg.norm(
             ref["grads"]["layer_1"][0])
         np.testing.assert_allclose(scalars["grad_norm_ratio"][m], ratio, rtol=1e-4)
+        assert scalars["grad_norm_ratio_undefined"][m] == 0
     # histograms of deltas count every (input, unit) entry
     lo, hi, counts = hists["delta/layer_1"]
     assert counts.shape == (2, cfg.diagnostics.histogram_bins)
@@ -93,7 +95,153 @@ def test_network_born_dead_on_purpose():
                                (scalars["dead_fraction/layer_0"] * 10 + 8) / 18)
     # no gradient reaches the dead layer's weights or anything below it
     np.testing.assert_array_equal(scalars["grad_norm/layer_0"], [0.0, 0.0])
+    np.testing.assert_array_equal(scalars["grad_norm/layer_1"], [0.0, 0.0])
     np.testing.assert_array_equal(scalars["delta_norm/layer_1"], [0.0, 0.0])
+    # grad_norm_ratio is 0/0 there: reported as 0 (not NaN) and flagged
+    np.testing.assert_array_equal(scalars["grad_norm_ratio"], [0.0, 0.0])
+    np.testing.assert_array_equal(scalars["grad_norm_ratio_undefined"], [1.0, 1.0])
+
+
+def test_dead_last_layer_bypassed_by_a_residual_gives_an_infinite_ratio():
+    """With a residual connection around the fully dead last hidden layer the
+    first layer still gets a gradient (through the identity) while the last
+    gets none: grad_norm_ratio = +inf (x/0, x > 0), not flagged undefined; the
+    first layer's gradient equals NumPy's backward pass through h_1 = h_0 + 0."""
+    cfg, pop, dd, state = _setup(model__widths=(8, 8), model__residual=True)
+    params = jax.device_get(state.params)
+    params["Dense_1"]["bias"] = np.full_like(params["Dense_1"]["bias"], -1e3)
+    state = state.replace(params=jax.tree.map(jnp.asarray, params))
+    state, scalars, _ = jax.device_get(_evaluate(pop, state, dd))
+    np.testing.assert_array_equal(scalars["dead_fraction/layer_1"], [1.0, 1.0])
+    np.testing.assert_array_equal(scalars["grad_norm/layer_1"], [0.0, 0.0])
+    np.testing.assert_array_equal(scalars["grad_norm_ratio"], [np.inf, np.inf])
+    np.testing.assert_array_equal(scalars["grad_norm_ratio_undefined"], [0.0, 0.0])
+    x, y = np.asarray(dd["probe"][0], np.float64), np.asarray(dd["probe"][1])
+    for m in range(2):
+        W = [np.asarray(params[f"Dense_{i}"]["kernel"][m], np.float64) for i in range(3)]
+        b = [np.asarray(params[f"Dense_{i}"]["bias"][m], np.float64) for i in range(3)]
+        z0 = x @ W[0] + b[0]
+        h1 = np.maximum(z0, 0)            # + relu(z_1) = 0: the dead layer adds nothing
+        logits = h1 @ W[2] + b[2]
+        p = np.exp(logits - logits.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
+        d_out = (p - np.eye(4)[y]) / x.shape[0]
+        d0 = (d_out @ W[2].T) * (z0 > 0)
+        np.testing.assert_allclose(scalars["grad_norm/layer_0"][m], np.linalg.norm(x.T @ d0),
+                                   rtol=1e-4)
+
+
+def test_leaky_layer_in_its_negative_region_reads_negative_not_dead():
+    """A leaky-ReLU layer pushed below 0 on every probe input (hand-made biases)
+    reads negative_fraction 1 while dead_fraction stays 0 (phi' = slope > 0
+    everywhere) and no unit is dormant (every |a| is about slope * 1000)."""
+    cfg, pop, dd, state = _setup(model__activation="leaky_relu")
+    params = jax.device_get(state.params)
+    params["Dense_1"]["bias"] = np.full_like(params["Dense_1"]["bias"], -1e3)
+    state = state.replace(params=jax.tree.map(jnp.asarray, params))
+    state, scalars, _ = jax.device_get(_evaluate(pop, state, dd))
+    np.testing.assert_array_equal(scalars["negative_fraction/layer_1"], [1.0, 1.0])
+    np.testing.assert_array_equal(scalars["dead_fraction/layer_1"], [0.0, 0.0])
+    np.testing.assert_array_equal(scalars["dead_fraction/all"], [0.0, 0.0])
+    np.testing.assert_array_equal(scalars["dormant_ratio_0.1/layer_1"], [0.0, 0.0])
+    np.testing.assert_allclose(scalars["negative_fraction/all"],
+                               (scalars["negative_fraction/layer_0"] * 10 + 8) / 18)
+    x = np.asarray(dd["probe"][0], np.float64)
+    for m in range(2):   # layer 0, left as initialised, against NumPy
+        w = np.asarray(params["Dense_0"]["kernel"][m], np.float64)
+        b = np.asarray(params["Dense_0"]["bias"][m], np.float64)
+        np.testing.assert_allclose(scalars["negative_fraction/layer_0"][m],
+                                   np.all(x @ w + b <= 0, axis=0).mean())
+
+
+def _numpy_activation(name, z, slope):
+    """phi in float64 NumPy, from the formulas of deadjax/activations.py's table."""
+    from scipy.special import erf, expit
+    lam, alpha = 1.0507009873554805, 1.6732632423543772
+    return {
+        "relu": lambda: np.maximum(z, 0), "identity": lambda: z,
+        "leaky_relu": lambda: np.where(z > 0, z, slope * z),
+        "prelu": lambda: np.where(z > 0, z, slope * z),
+        "elu": lambda: np.where(z > 0, z, np.expm1(np.minimum(z, 0))),
+        "selu": lambda: lam * np.where(z > 0, z, alpha * np.expm1(np.minimum(z, 0))),
+        "gelu": lambda: z * 0.5 * (1 + erf(z / np.sqrt(2))),
+        "silu": lambda: z * expit(z), "softplus": lambda: np.logaddexp(0, z),
+        "softsign": lambda: z / (1 + np.abs(z)), "sigmoid": lambda: expit(z),
+        "tanh": lambda: np.tanh(z),
+    }[name]()
+
+
+@pytest.mark.parametrize("norm", ["none", "layer"])
+def test_negative_fraction_matches_numpy_for_every_activation(norm):
+    """On random members (biases shifted so that some units of each layer sit
+    below 0 on every probe input and some do not; leaky slopes per member and
+    traced, PReLU slopes random), for every activation of the registry:
+    negative_fraction/layer_L and /all from the trainer's probe pass and the
+    "dead" family, vmapped over 3 members, equal NumPy's share of units with
+    z <= 0 on all probe inputs, z computed here in float64 (after LayerNorm where
+    there is one); for ReLU it equals dead_fraction. Members whose max_x z_j is
+    within 1e-4 of 0 (where float32 and float64 may disagree) are refused by
+    construction."""
+    from deadjax import activations, diagnostics, metrics, models
+    n, widths, features, members = 16, (10, 8), 12, 3
+    x = np.random.default_rng(0).normal(size=(n, features)).astype(np.float32)
+    y = np.zeros(n, np.int32)
+    slopes = np.array([0.01, 0.2, 0.5], np.float32)
+    for name in activations.NAMES:
+        cfg = tiny_config(model__activation=name, model__norm=norm,
+                          diagnostics__families=("dead",))
+        model = models.from_config(cfg, 4)
+        ctx = diagnostics.Context.of(cfg)
+        hyper = {"sigma_w": np.ones(members, np.float32),
+                 "sigma_b": np.zeros(members, np.float32), "leaky_slope": slopes,
+                 "dropout": np.zeros(members, np.float32)}
+        stack = []
+        for m in range(members):
+            hp = {k: v[m] for k, v in hyper.items()}
+            params = jax.tree.map(np.array, model.init({"params": jax.random.PRNGKey(m)},
+                                                       jnp.asarray(x[:1]), hp)["params"])
+            rng = np.random.default_rng(100 + m)
+            for l, w in enumerate(widths):   # the shift: below, around or above 0
+                key = f"LayerNorm_{l}" if norm == "layer" else f"Dense_{l}"
+                params[key]["bias"] = rng.choice([-6.0, -0.5, 0.0, 4.0], size=w)
+                if name == "prelu":
+                    params[f"PReLU_{l}"] = rng.uniform(0.0, 0.5, size=w)
+            stack.append(jax.tree.map(lambda a: np.asarray(a, np.float32), params))
+        batched = jax.tree.map(lambda *a: jnp.asarray(np.stack(a)), *stack)
+
+        def measure(p, hp):
+            logits, cap, gp, deltas = diagnostics.probe_pass(
+                lambda q, xx, **kw: model.apply({"params": q}, xx, hp, **kw),
+                metrics.cross_entropy, p, widths, jnp.asarray(x), jnp.asarray(y))
+            probe = diagnostics.Probe(logits, cap, gp, deltas, p, {}, None,
+                                      tuple(jnp.zeros((w,), bool) for w in widths),
+                                      jnp.zeros((), bool))
+            return diagnostics.measure(probe, ctx)
+
+        got = jax.device_get(jax.jit(jax.vmap(measure))(batched, hyper))
+        for m, params in enumerate(stack):
+            h, total = x.astype(np.float64), 0
+            for l, w in enumerate(widths):
+                p = {k: np.asarray(v, np.float64) for k, v in params[f"Dense_{l}"].items()}
+                z = h @ p["kernel"] + p.get("bias", 0.0)
+                if norm == "layer":
+                    ln = {k: np.asarray(v, np.float64)
+                          for k, v in params[f"LayerNorm_{l}"].items()}
+                    z = ((z - z.mean(1, keepdims=True)) / np.sqrt(z.var(1, keepdims=True) + 1e-5)
+                         * ln["scale"] + ln["bias"])
+                assert np.abs(z.max(0)).min() > 1e-4, (name, m, l)
+                negative = np.all(z <= 0, axis=0)
+                total += negative.sum()
+                slope = (np.asarray(params[f"PReLU_{l}"], np.float64) if name == "prelu"
+                         else float(slopes[m]))
+                h = _numpy_activation(name, z, slope)
+                np.testing.assert_allclose(got[f"negative_fraction/layer_{l}"][m],
+                                           negative.mean(), err_msg=f"{name} {m} {l}")
+                if name == "relu":
+                    assert (got[f"dead_fraction/layer_{l}"][m]
+                            == got[f"negative_fraction/layer_{l}"][m])
+            np.testing.assert_allclose(got["negative_fraction/all"][m], total / sum(widths),
+                                       err_msg=name)
+            assert 0 < total < sum(widths), (name, m)
 
 
 def test_healthy_network_is_not_born_dead_and_flag_is_kept():

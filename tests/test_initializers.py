@@ -214,3 +214,84 @@ def test_unknown_names_are_config_errors(check, field, bad):
     msg = str(info.value)
     assert field in msg and repr(bad) in msg and "'zeros'" in msg and msg.endswith(".")
     assert msg.count(". ") == 0
+
+
+# --- He et al. 2015, eq. 15: the negative slope ---------------------------------
+
+SLOPES = (0.0, 0.01, 0.25, 1.0, 3.0)
+
+
+@pytest.mark.parametrize("name", ["he_leaky_normal", "he_leaky_uniform"])
+@pytest.mark.parametrize("mode", ["fan_in", "fan_out"])
+def test_he_leaky_variance_with_a_traced_slope(name, mode):
+    """Var W = 2 / ((1 + a^2) n) (He et al. 2015, eq. 15; n = fan_in, or fan_out for
+    the backward case), with a traced per member (vmapped, jitted), within the
+    module's 5-standard-error tolerance TOL = 1.44 % of the 240,000-entry sample
+    variance. At a = 0.25 the slope-blind 2/n is 6.25 % larger, far outside it.
+    Uniform draws reach their bound sqrt(6 / ((1 + a^2) n))."""
+    fan = FAN_IN if mode == "fan_in" else FAN_OUT
+    draw = jax.jit(jax.vmap(lambda a: I.kernel(name, KEY, (FAN_IN, FAN_OUT), mode=mode,
+                                               negative_slope=a)))
+    w = np.asarray(draw(jnp.asarray(SLOPES, jnp.float32)), np.float64)
+    for a, wa in zip(SLOPES, w):
+        var = 2.0 / ((1.0 + a * a) * fan)
+        assert _var(wa) == pytest.approx(var, rel=TOL), a
+        assert abs(wa.mean()) < 5 * math.sqrt(var / N)
+        if a == 0.25:
+            assert _var(wa) != pytest.approx(2.0 / fan, rel=TOL)   # the test tells them apart
+        if name == "he_leaky_uniform":
+            bound = math.sqrt(6.0 / ((1.0 + a * a) * fan))
+            assert bound * 0.999 < np.abs(wa).max() <= bound * (1 + 1e-6)
+
+
+def test_he_leaky_at_slope_zero_is_he_and_gain_applies():
+    for leaky, plain in (("he_leaky_normal", "he_normal"), ("he_leaky_uniform", "he_uniform")):
+        np.testing.assert_array_equal(I.kernel(leaky, KEY, (64, 32)),
+                                      I.kernel(plain, KEY, (64, 32)))
+        np.testing.assert_allclose(I.kernel(leaky, KEY, (64, 32), gain=2.0, negative_slope=0.5),
+                                   2.0 / math.sqrt(1.25) * np.asarray(I.kernel(plain, KEY, (64, 32))),
+                                   rtol=1e-6)
+
+
+def test_he_leaky_through_the_model_takes_the_members_slope():
+    """In the MLP the slope comes from the activation: each member's own
+    model.leaky_slope (traced) for leaky_relu, the initial 0.25 for prelu, 0 for
+    relu (then every kernel equals he_normal's); every Dense layer, output
+    included, uses it, as he_normal's 2/n is used on every layer."""
+    from deadjax import models
+    x = jnp.zeros((1, FAN_IN))
+    hyper = {"sigma_w": jnp.ones(2), "sigma_b": jnp.zeros(2),
+             "leaky_slope": jnp.asarray([0.25, 2.0]), "dropout": jnp.zeros(2)}
+
+    def kernels(activation, init):
+        model = models.MLP(widths=(FAN_OUT,), num_outputs=10, activation=activation,
+                           kernel_init=init)
+        init_fn = jax.jit(jax.vmap(lambda h: model.init({"params": KEY}, x, h)["params"]))
+        p = init_fn(hyper)
+        return [np.asarray(p[f"Dense_{l}"]["kernel"], np.float64) for l in range(2)]
+
+    leaky = kernels("leaky_relu", "he_leaky_normal")
+    for m, a in enumerate((0.25, 2.0)):
+        assert _var(leaky[0][m]) == pytest.approx(2 / ((1 + a * a) * FAN_IN), rel=TOL)
+        np.testing.assert_allclose(leaky[1][m].std(), math.sqrt(2 / ((1 + a * a) * FAN_OUT)),
+                                   rtol=0.15)          # 4000 entries: 5 s.e. = 5.6 % of var
+    prelu = kernels("prelu", "he_leaky_uniform")
+    assert _var(prelu[0][0]) == pytest.approx(2 / (1.0625 * FAN_IN), rel=TOL)
+    relu = kernels("relu", "he_leaky_normal")
+    for got, want in zip(relu, kernels("relu", "he_normal")):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "elu", "sigmoid"])
+def test_he_leaky_refused_for_activations_without_a_negative_slope(activation):
+    from deadjax import config as config_lib
+    from tests.conftest import tiny_config
+    config_lib.validate(tiny_config(model__kernel_init="he_leaky_normal",
+                                    model__activation="leaky_relu"))
+    with pytest.raises(ConfigError) as info:
+        config_lib.validate(tiny_config(model__kernel_init="he_leaky_normal",
+                                        model__activation=activation))
+    msg = str(info.value)
+    assert msg.startswith("model.kernel_init = 'he_leaky_normal' is not allowed for "
+                          f"model.activation = {activation!r};") and msg.endswith(".")
+    assert msg.count(". ") == 0

@@ -309,3 +309,152 @@ def test_continual_backprop_vmaps_over_members():
         total += sum(int(np.sum(r)) for r in out[3])
         carry = out[:3]
     assert total > 0
+
+
+# --- continual backprop's ranking on statistically identical units -------------------
+
+def _identical_units_run(bias_correction, steps, width, batch, rate, maturity, decay, seed):
+    """The float64 NumPy reference of the selection rule (vectorised over units):
+    ``width`` units whose contributions are i.i.d. over units and steps (|N(0, 1)|
+    activations, equal outgoing weights), so no unit is better than another.
+    Returns (the activations fed, per-unit replacement counts, the per-step states)."""
+    rng = np.random.default_rng(seed)
+    hs = np.abs(rng.normal(size=(steps, batch, width))).astype(np.float32)
+    w_out = np.ones((width, 3))
+    util, age, pending = np.zeros(width), np.zeros(width, np.int64), 0.0
+    counts = np.zeros(width, np.int64)
+    for t in range(steps):
+        contribution = np.abs(hs[t].astype(np.float64)).mean(0) * np.abs(w_out).sum(1)
+        util, age, pending, rep, _ = _select_numpy(util, age, pending, contribution, rate,
+                                                   maturity, decay, bias_correction)
+        counts += rep
+    return hs, counts
+
+
+def _select_numpy(util, age, pending, contribution, rate, maturity, decay, bias_correction):
+    """One step of the ranking rule of Dohare et al. 2024 (lop/algos/gnt.py,
+    GnT.test_features), float64: (utility, age, pending, replaced mask)."""
+    age = age + 1
+    util = decay * util + (1 - decay) * contribution
+    score = util / (1 - decay ** age) if bias_correction else util.copy()
+    eligible = np.flatnonzero(age > maturity)
+    pending = pending + rate * eligible.size
+    n = int(np.floor(pending))
+    pending -= n
+    chosen = sorted(eligible, key=lambda i: (score[i], i))[:n]
+    rep = np.zeros(util.shape, bool)
+    rep[chosen] = True
+    # the gap between the last unit chosen and the next one (inf: no cut)
+    ranked = np.sort(score[eligible])
+    gap = (ranked[n] - ranked[n - 1]) / ranked[n] if 0 < n < ranked.size else np.inf
+    return np.where(rep, 0.0, util), np.where(rep, 0, age), pending, rep, gap
+
+
+CBP_IDENTICAL = dict(steps=10_000, width=16, batch=4, rate=1e-3, maturity=100, decay=0.99)
+
+
+@pytest.mark.parametrize("bias_correction", [True, False])
+def test_cbp_ranking_of_identical_units_against_numpy(bias_correction):
+    """16 statistically identical units, 10,000 steps, rho = 1e-3, m = 100,
+    eta = 0.99 (the paper's and the reference's values but rho): 144
+    replacements. With the reference's bias correction every unit is replaced
+    (expected ~9 times each; the test asks >= 2 and none above 3x the mean); without
+    it a unit that has just matured carries 1 - 0.99^101 = 0.64 of its steady
+    utility and is the lowest again, so the same few units are replaced over and
+    over (the test asks >= 10 units never replaced and one unit with > 1/4 of
+    all replacements). Both the float64 NumPy reference's own run and the
+    deadjax run (cbp_select, float32, jitted, the per-member value traced) show
+    it, and each deadjax step's selection equals the reference's selection from
+    the same state wherever the reference's ranking margin at the cut exceeds
+    float32 round-off (1e-4 relative; the steps skipped are counted)."""
+    p = CBP_IDENTICAL
+    hs, ref_counts = _identical_units_run(bias_correction, p["steps"], p["width"], p["batch"],
+                                          p["rate"], p["maturity"], p["decay"], seed=0)
+    params = {"Dense_1": {"kernel": jnp.ones((p["width"], 3), jnp.float32)}}
+
+    def body(state, h):
+        new, rep = interventions.cbp_select(
+            params, state, [h], replacement_rate=p["rate"], maturity=p["maturity"],
+            decay=p["decay"], bias_correction=flag)
+        return new, (state, rep[0])
+
+    flag = jnp.asarray(float(bias_correction))   # traced, as in the trainer
+    _, (before, reps) = jax.jit(lambda h: jax.lax.scan(
+        body, interventions.init_cbp_state((p["width"],)), h))(jnp.asarray(hs))
+    reps = np.asarray(reps)
+    counts = reps.sum(0)
+    # step by step: deadjax's selection from its own state equals the reference's
+    utils, ages, pend = (np.asarray(before["utility"][0], np.float64),
+                         np.asarray(before["age"][0]), np.asarray(before["pending"][:, 0]))
+    compared = skipped = 0
+    for t in np.flatnonzero(reps.any(1) | (pend + p["rate"] * p["width"] >= 1)):
+        contribution = np.abs(hs[t].astype(np.float64)).mean(0) * 3.0
+        *_, rep, gap = _select_numpy(utils[t], ages[t], float(pend[t]), contribution,
+                                     p["rate"], p["maturity"], p["decay"], bias_correction)
+        if gap <= 1e-4:
+            skipped += 1
+            continue
+        compared += 1
+        np.testing.assert_array_equal(reps[t], rep, err_msg=f"step {t}")
+    assert compared >= 100 and skipped <= compared // 20, (compared, skipped)
+    total = int(counts.sum())
+    for c in (counts, ref_counts):
+        assert int(c.sum()) == total and 130 <= total <= 170, c
+        if bias_correction:
+            assert c.min() >= 2 and c.max() <= 3 * total / p["width"], c
+        else:
+            assert (c == 0).sum() >= 10 and c.max() > total / 4, c
+
+
+def test_cbp_bias_correction_is_a_traced_per_member_value():
+    """Members with the correction on and off, vmapped in one program with the
+    flag traced, equal each member with the static Python bool, bit for bit; and
+    the continual_backprop remedy reads the member's cbp_bias_correction."""
+    rng = np.random.default_rng(5)
+    params = _params(rng, (5, 6, 7, 3))
+    # ages spread so that the correction reorders units (a young unit's u is small)
+    state = {"utility": tuple(jnp.asarray(rng.uniform(0.5, 1.0, w), jnp.float32) for w in (6, 7)),
+             "age": tuple(jnp.asarray(rng.integers(1, 40, w), jnp.int32) for w in (6, 7)),
+             "pending": jnp.asarray([0.9, 0.9], jnp.float32)}
+    hs = [jnp.asarray(np.abs(rng.normal(size=(4, w))), jnp.float32) for w in (6, 7)]
+    kw = dict(replacement_rate=0.5, maturity=0.0, decay=0.9)
+    alone = [interventions.cbp_select(params, state, hs, bias_correction=b, **kw)
+             for b in (False, True)]
+    assert any((np.asarray(a) != np.asarray(b)).any()
+               for a, b in zip(alone[0][1], alone[1][1])), "the correction must matter here"
+    pop = jax.jit(jax.vmap(lambda b: interventions.cbp_select(params, state, hs,
+                                                              bias_correction=b, **kw)))
+    out = pop(jnp.asarray([0.0, 1.0]))
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6)  # fused reductions
+    for m in range(2):
+        mine = jax.tree.map(lambda a: a[m], out)
+        jax.tree.map(np.testing.assert_array_equal, mine[1], alone[m][1])
+        for k in ("age", "pending"):
+            jax.tree.map(np.testing.assert_array_equal, mine[0][k], alone[m][0][k])
+        jax.tree.map(close, mine[0]["utility"], alone[m][0]["utility"])
+    # the registry entry passes the member's hyperparameter
+    cfg = tiny_config(interventions__method="continual_backprop")
+    transform = interventions.REMEDIES["continual_backprop"].make(cfg, (6, 7))
+    obs = interventions.Observation(tuple(hs), ())
+    for m, flag in enumerate((0.0, 1.0)):
+        hp = {"replacement_rate": 0.5, "maturity": 0.0, "utility_decay": 0.9,
+              "cbp_bias_correction": jnp.asarray(flag)}
+        member = interventions.Member(params, None, hp, jax.random.PRNGKey(0), jnp.asarray(1))
+        new, edit = transform.update(state, obs, member)
+        jax.tree.map(close, new, alone[m][0])
+        jax.tree.map(np.testing.assert_array_equal, edit.reinit, alone[m][1])
+
+
+def test_cbp_bias_correction_field():
+    """Declared once, per member, default the reference's (True); refused
+    unless a bool, in one sentence."""
+    from deadjax import config as config_lib
+    from deadjax.errors import ConfigError
+    f = config_lib.field("interventions.cbp_bias_correction")
+    assert f.per_member and f.hparam == "cbp_bias_correction" and f.default is True
+    assert f.added == "2026-12-01" and f.value_for_state(False) == 0.0
+    assert config_lib.default_config().interventions.cbp_bias_correction is True
+    config_lib.validate(tiny_config(interventions__cbp_bias_correction=False))
+    with pytest.raises(ConfigError, match=r"^interventions.cbp_bias_correction = 1 is not "
+                                          r"allowed; it must be True or False\.$"):
+        f.check(f.name, 1)      # what validate calls (a ConfigDict refuses 1 for a bool)

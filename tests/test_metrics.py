@@ -289,6 +289,35 @@ def test_dead_relu_hand_made():
     np.testing.assert_allclose(J(M.layer_fraction)(got), 0.5)
 
 
+def test_negative_units_hand_made_and_relu_coincidence():
+    """z <= 0 on every input (NumPy: np.all(z <= 0, axis=0)); for ReLU exactly
+    the dead units (relu'(0) = 0), exact zeros included; NaN is not negative."""
+    got = np.asarray(J(M.negative_units)(Z_RELU))
+    np.testing.assert_array_equal(got, [True, True, False, False, False, True])
+    np.testing.assert_array_equal(got, np.all(Z_RELU.astype(np.float64) <= 0, axis=0))
+    np.testing.assert_array_equal(got, np.asarray(M.dead_units(relu_dphi(Z_RELU), 1.0)))
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(7, 40)).astype(np.float32) - 1.5
+    z[:, :5] = np.where(rng.random((7, 5)) < 0.5, 0.0, -np.abs(z[:, :5]))
+    want = np.all(z.astype(np.float64) <= 0, axis=0)
+    assert 5 <= want.sum() < 40
+    np.testing.assert_array_equal(np.asarray(M.negative_units(z)), want)
+    np.testing.assert_array_equal(np.asarray(M.dead_units(relu_dphi(z), 1.0)), want)
+    z[0, 0] = np.nan
+    assert not bool(M.negative_units(z)[0])
+
+
+def test_grad_norm_ratio_is_total_for_finite_norms():
+    """x/y for y > 0, +inf for x/0 with x > 0, 0 flagged undefined for 0/0,
+    the IEEE quotient (unflagged) for non-finite norms."""
+    first = np.array([3.0, 0.0, 2.0, 0.0, np.nan, np.inf, 1.0], np.float32)
+    last = np.array([1.5, 4.0, 0.0, 0.0, 1.0, 1.0, np.nan], np.float32)
+    ratio, undefined = jax.jit(M.grad_norm_ratio)(first, last)
+    np.testing.assert_array_equal(ratio, [2.0, 0.0, np.inf, 0.0, np.nan, np.inf, np.nan])
+    np.testing.assert_array_equal(undefined, [0, 0, 0, 1, 0, 0, 0])
+    assert ratio.dtype == np.float32 and undefined.dtype == np.float32
+
+
 def test_dead_tanh_threshold():
     z = np.array([[6.0, 0.5, -7.0],
                   [-8.0, 9.0, -6.5],
@@ -439,7 +468,21 @@ def test_effective_rank_random_and_zero():
     np.testing.assert_allclose(J(M.effective_rank)(h), ref_effective_rank(h), rtol=1e-5)
     h2 = (rng.normal(size=(10, 30)) * np.logspace(0, -3, 30)).astype(np.float32)
     np.testing.assert_allclose(J(M.effective_rank)(h2), ref_effective_rank(h2), rtol=1e-5)
-    assert float(J(M.effective_rank)(np.zeros((5, 4), np.float32))) == 0.0
+    # An all-zero layer: 1, the convention of loss-of-plasticity's
+    # compute_effective_rank (lop/utils/miscellaneous.py), re-implemented here:
+    # p = sigma / sum|sigma| (0/0 for the zero matrix), entropy over p > 0 only.
+    def lop_effective_rank(m):
+        sv = np.linalg.svd(np.asarray(m, np.float64), compute_uv=False)
+        with np.errstate(invalid="ignore"):
+            p = sv / np.sum(np.abs(sv))
+        return float(np.exp(-sum(q * np.log(q) for q in p if q > 0)))
+
+    zero = np.zeros((5, 4), np.float32)
+    assert lop_effective_rank(zero) == 1.0
+    assert float(J(M.effective_rank)(zero)) == 1.0
+    np.testing.assert_allclose(J(M.effective_rank)(h), lop_effective_rank(h), rtol=1e-5)
+    one = np.zeros((5, 4), np.float32); one[2, 1] = 3.0      # rank one: also 1
+    assert float(J(M.effective_rank)(one)) == pytest.approx(1.0, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------
@@ -557,6 +600,7 @@ METRICS = {
     "r2": lambda a: M.r2(a["out"], a["target"]),
     "dead_units": lambda a: M.dead_units(a["dphi"], 1.0),
     "dead_units_thr": lambda a: M.dead_units(a["tdphi"], 1.0, 0.05),
+    "negative_units": lambda a: M.negative_units(a["z"]),
     "dormant_units": lambda a: M.dormant_units(a["h"], 0.1),
     "dormant_scores": lambda a: M.dormant_scores(a["h"]),
     "saturation": lambda a: M.saturation_fraction(a["tdphi"], 1.0, 0.01),
