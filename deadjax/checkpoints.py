@@ -139,6 +139,38 @@ def _from_saved(stored, template):
     return stored
 
 
+# Top-level fields of a state whose entries are a pure function of the
+# points' configs: an entry the checkpoint lacks (a per-member hyperparameter
+# added after it was written) is taken from the template, which holds the
+# values the config gives.
+RECOMPUTABLE = ("hparams",)
+
+
+def _without_recomputable(template, saved_leaves: set):
+    """``(template without the recomputable entries the checkpoint lacks,
+    {field: {key: template value}} of those entries)``."""
+    if not (dataclasses.is_dataclass(template) and not isinstance(template, type)):
+        return template, {}
+    taken, changes = {}, {}
+    for name in RECOMPUTABLE:
+        entries = getattr(template, name, None)
+        if not isinstance(entries, dict):
+            continue
+        absent = {k: v for k, v in entries.items() if f"{name}/{k}" not in saved_leaves}
+        if absent:
+            taken[name] = absent
+            changes[name] = {k: v for k, v in entries.items() if k not in absent}
+    return (dataclasses.replace(template, **changes) if changes else template), taken
+
+
+def _with_recomputable(state, taken: dict):
+    """``state`` with the entries :func:`_without_recomputable` took out."""
+    if not taken:
+        return state
+    return dataclasses.replace(state, **{name: {**getattr(state, name), **absent}
+                                         for name, absent in taken.items()})
+
+
 def _crc32(a: np.ndarray) -> int:
     a = np.ascontiguousarray(a)
     return zlib.crc32(a.reshape(-1).view(np.uint8)) if a.size else 0
@@ -368,6 +400,11 @@ class ChunkCheckpointer:
         the checkpoint holds them in another order or among others, their
         rows are selected; a point the checkpoint lacks is a ValueError.
 
+        Recomputable entries (:data:`RECOMPUTABLE`: per-member
+        hyperparameters, a pure function of the configs) that the checkpoint
+        lacks, e.g. a hyperparameter added after it was written, come from
+        ``template``, which must then hold their values.
+
         A step that fails to restore (a file truncated or corrupted by a
         kill or a bad disk: Orbax errors, undecodable JSON, checksum
         mismatch) is skipped with a :class:`CheckpointWarning` naming it and,
@@ -378,11 +415,14 @@ class ChunkCheckpointer:
         """
         self._manager.wait_until_finished()
         self._manager.reload()
-        tpl = leaf_paths(template)
-        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), template)
+        full_template = template
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 record = _restore_metadata(self._manager, step)
+                template, taken = _without_recomputable(full_template, set(record["leaves"]))
+                tpl = leaf_paths(template)
+                abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype),
+                                        template)
                 rows = _rows(record, points, self.directory / str(step))
                 n_saved = len(record["points"])
                 _check_template(tpl, record, n_saved if rows is None else len(rows),
@@ -410,7 +450,8 @@ class ChunkCheckpointer:
                 continue
             if rows is not None:
                 state = jax.tree.map(lambda a: a[rows], state)
-            return step, _place(state, template), record
+            state = _with_recomputable(state, taken)
+            return step, _place(state, full_template), record
         return None
 
     def _quarantine(self, step: int) -> Path | None:

@@ -14,6 +14,11 @@ derived from that one declaration:
   workdir's ``config.json`` without it reads as holding the default, and a
   group's id leaves it out while it holds the default, so older workdirs keep
   their groups, checkpoints and results.
+  ``before`` is the value such a workdir implicitly had, when it is not the
+  default (a new default that changes what a run does): a workdir written
+  before the field existed reads as holding ``before``, so resuming it with
+  the new default is refused as another experiment rather than silently
+  switching behaviour half-way.
 * ``run_length``: the field may change when a workdir is resumed
   (``train.steps``).
 * ``check(name, value)``: raises :class:`~deadjax.errors.ConfigError` with one
@@ -35,6 +40,8 @@ from deadjax.errors import ConfigError
 
 Check = Callable[[str, Any], None]
 
+_DEFAULT = object()  # Field.before: "the default"
+
 
 @dataclasses.dataclass(frozen=True)
 class Field:
@@ -48,12 +55,18 @@ class Field:
     hparam: str | None = None      # key in MemberState.hparams (per-member fields)
     encode: Callable[[Any], float] | None = None
     added: str | None = None       # date it was added after workdirs existed
+    before: Any = _DEFAULT         # the value workdirs older than ``added`` had
     run_length: bool = False
 
     @property
     def section(self) -> str:
         """``"optim"`` for ``optim.learning_rate``; ``""`` for top-level fields."""
         return self.name.rsplit(".", 1)[0] if "." in self.name else ""
+
+    @property
+    def value_before(self) -> Any:
+        """The value a workdir written before the field existed had."""
+        return self.default if self.before is _DEFAULT else self.before
 
     def value_for_state(self, value) -> float:
         """The number a per-member value is stored as in ``MemberState.hparams``."""

@@ -470,7 +470,7 @@ REMEDIES: dict[str, Remedy] = {r.name: r for r in (
                      "continual_backprop: rank units by u / (1 - decay^age) (True, the "
                      "reference code lop/algos/gnt.py) or by u (False, the paper's eq. 1)",
                      boolean(), per_member=True, hparam="cbp_bias_correction",
-                     encode=float, added="2026-12-01"))),
+                     encode=float, added="2026-12-01", before=False))),
     Remedy("shrink_perturb", _shrink_perturb, doc="shrink and perturb (Ash & Adams 2020): "
            "theta <- shrink * theta + noise * N(0, 1)", fields=(
                Field("interventions.shrink", 0.9, "shrink_perturb: factor lambda",
@@ -488,6 +488,15 @@ def names() -> tuple[str, ...]:
 
 def remedy_fields() -> tuple[Field, ...]:
     return tuple(f for r in REMEDIES.values() for f in r.fields)
+
+
+def remedy_of_field(name: str) -> str | None:
+    """The remedy whose entry declares the config field ``name`` (None for
+    the other fields): the field matters only to members using it."""
+    for r in REMEDIES.values():
+        if any(f.name == name for f in r.fields):
+            return r.name
+    return None
 
 
 @contextlib.contextmanager

@@ -26,7 +26,8 @@ import orbax.checkpoint as ocp
 from deadjax import config as config_lib
 from deadjax import data as data_lib
 from deadjax import population as pop_lib
-from deadjax import checkpoints, memory, results, sharding, sweep as sweep_lib, train
+from deadjax import (checkpoints, interventions, memory, results, sharding,
+                     sweep as sweep_lib, train)
 from deadjax import summaries as summary_lib
 from deadjax.errors import ConfigError
 
@@ -61,16 +62,26 @@ def _comparable(cfg: Mapping) -> dict:
             if k not in config_lib.run_length_fields()}
 
 
-def check_same_experiment(workdir: Path, base: ml_collections.ConfigDict) -> None:
-    """Refuses a workdir whose config.json differs in anything but run length."""
+def check_same_experiment(workdir: Path, base: ml_collections.ConfigDict,
+                          points=()) -> None:
+    """Refuses a workdir whose config.json differs in anything but run length.
+
+    A field added after the workdir was written reads as the value such
+    workdirs had (``Field.value_before``), where it matters: a remedy's field
+    only if some point (of ``points``, resolved) uses the remedy."""
     path = workdir / "config.json"
     if not path.exists():
         return
     old = json.loads(path.read_text())["config"]
     new, before = _comparable(base.to_dict()), _comparable(old)
-    defaults = _comparable(config_lib.default_config().to_dict())
+    methods = {p.config.interventions.method for p in points}
     for k in config_lib.added_fields():  # written before the field existed
-        before.setdefault(k, defaults[k])
+        if k in before or k in config_lib.run_length_fields():
+            continue
+        owner = interventions.remedy_of_field(k)
+        matters = owner is None or owner in methods
+        before[k] = (sweep_lib._jsonable(config_lib.field(k).value_before) if matters
+                     else new.get(k))
     diff = sorted(k for k in set(new) | set(before) if new.get(k) != before.get(k))
     if diff:
         k = diff[0]
@@ -132,7 +143,7 @@ def plan(base, sweep, workdir, overrides=None):
     for g in groups:
         data_lib.check(g.config)
     workdir = Path(workdir).absolute()
-    check_same_experiment(workdir, _base_with(base, overrides))
+    check_same_experiment(workdir, _base_with(base, overrides), points)
     for g in groups:
         if g.config.train.memory_budget_gb > 0:
             g.chunk_size, g.chunk_note = memory.chunk_size(group_spec(g, data_lib.load(g.config)))

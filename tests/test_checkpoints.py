@@ -130,6 +130,32 @@ def test_checkpoint_without_a_later_field_restores(tmp_path, setup):
     _bitwise_equal(restored, state)
 
 
+def test_checkpoint_without_a_later_hyperparameter_restores(tmp_path, setup):
+    """A checkpoint written before a per-member hyperparameter existed (here:
+    saved without ``hparams/dropout``) restores bit for bit, the missing
+    hyperparameter taken from the template, which holds the configs' values;
+    a reordered point list selects rows as usual."""
+    cfg, _, _, state, template, _ = setup
+    host = jax.device_get(state)
+    old = host.replace(hparams={k: v for k, v in host.hparams.items() if k != "dropout"})
+    with ChunkCheckpointer(tmp_path, GROUP, 0) as ck:
+        assert ck.save(2, old, _meta(cfg))
+    target = host.replace(hparams=dict(host.hparams, dropout=np.asarray([0.5, 0.25, 0.0],
+                                                                       np.float32)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with ChunkCheckpointer(tmp_path, GROUP, 0) as ck:
+            step, restored, _ = ck.restore_latest(target)
+            _, reordered, _ = ck.restore_latest(
+                jax.tree.map(lambda a: a[[2, 0, 1]], target), points=[POINTS[2], *POINTS[:2]])
+    assert step == 2
+    np.testing.assert_array_equal(restored.hparams["dropout"], [0.5, 0.25, 0.0])
+    _bitwise_equal(restored.replace(hparams=host.hparams), host)
+    np.testing.assert_array_equal(reordered.params["Dense_0"]["kernel"],
+                                  host.params["Dense_0"]["kernel"][[2, 0, 1]])
+    np.testing.assert_array_equal(reordered.hparams["dropout"], [0.0, 0.5, 0.25])
+
+
 def test_restore_with_nothing_saved_is_none(tmp_path, setup):
     with ChunkCheckpointer(tmp_path, GROUP, 3) as ck:
         assert ck.restore_latest(setup[4]) is None

@@ -265,3 +265,29 @@ def test_kill_while_a_write_is_in_flight_then_rerun_equals_uninterrupted(tmp_pat
     assert len(resumed) == 2 * 7 and not resumed.duplicated(["point", "step"]).any()
     pd.testing.assert_frame_equal(resumed, straight, check_exact=True)
     assert not list((killed / "results.parquet").rglob(".*tmp*"))
+
+
+def test_workdir_from_before_a_changed_default_is_refused_then_resumes(tmp_path):
+    """interventions.cbp_bias_correction was added with the default True, but
+    continual-backprop runs from before had no correction: a workdir written
+    before the field existed reads as False, so the new default is refused in
+    one sentence (rather than switching the ranking half-way) and the old
+    value resumes, with the old checkpoints (they lack the hyperparameter)."""
+    import json
+    from deadjax.config import ConfigError
+    base = tiny_config(interventions__method="continual_backprop",
+                       interventions__cbp_bias_correction=False, diagnostics__enabled=False)
+    points = sweep.product({"seed": [0, 1]})
+    runner.run_sweep(base, points, tmp_path, tensorboard=False)
+    path = tmp_path / "config.json"
+    record = json.loads(path.read_text())
+    del record["config"]["interventions"]["cbp_bias_correction"]
+    path.write_text(json.dumps(record))
+    longer = dict(train__steps=30, interventions__method="continual_backprop",
+                  diagnostics__enabled=False)
+    with pytest.raises(ConfigError, match="interventions.cbp_bias_correction is False there"):
+        runner.run_sweep(tiny_config(**longer), points, tmp_path, tensorboard=False)
+    runner.run_sweep(tiny_config(**longer, interventions__cbp_bias_correction=False), points,
+                     tmp_path, tensorboard=False)
+    frame = deadjax.load_results(tmp_path)
+    assert sorted(frame.step.unique()) == [0, 10, 20, 30] and frame.group.nunique() == 1
