@@ -172,6 +172,8 @@ def make_program(spec: GroupSpec) -> Program:
     remedies = interventions.chain(spec.remedies, cfg, widths)
     diag = diagnostics.Context.of(cfg)
     dense_names = [f"Dense_{l}" for l in range(len(widths) + 1)]
+    # update_ratio/layer_L is reported by the gradients family only.
+    reports_ratio = cfg.diagnostics.enabled and "gradients" in cfg.diagnostics.families
 
     # ------------------------------------------------------------- one member
     def apply(state, x, params=None, **kwargs):
@@ -206,14 +208,15 @@ def make_program(spec: GroupSpec) -> Program:
             has_prev=jnp.zeros((), bool), born_dead=jnp.zeros((), bool),
             interventions=remedies.init())
 
-    def train_step(state: MemberState, batch, with_ratio: bool):
+    def train_step(state: MemberState, batch, with_ratio):
         """One member's step on ``batch``: ``(the trained state, whether it is
         finite, the batch's loss and accuracy before the update, the unit
         activations)``. The caller keeps the old parameters where the step is
         not finite. Left out where no member needs them (exact identities
-        then): dropout masks, the L2 term, the update-to-weight norms (all but
-        a chunk's last step, ``with_ratio``), the activations (``()`` unless
-        an every-step remedy reads them)."""
+        then): dropout masks, the L2 term, the activations (``()`` unless an
+        every-step remedy reads them), and the update-to-weight norms: under a
+        ``lax.cond`` on ``with_ratio`` (a traced bool, true on a chunk's last
+        step), never when no diagnostic reports them."""
         x, y = batch
         dropout_key = jax.random.fold_in(state.key, state.step) if spec.uses_dropout else None
         capture = remedies.every_step
@@ -237,10 +240,10 @@ def make_program(spec: GroupSpec) -> Program:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ratio = state.update_ratio
-        if with_ratio:
-            ratio = jnp.stack([jnp.linalg.norm(updates[n]["kernel"])
-                               / jnp.linalg.norm(state.params[n]["kernel"])
-                               for n in dense_names])
+        if reports_ratio:
+            ratio = jax.lax.cond(with_ratio, lambda: jnp.stack(
+                [jnp.linalg.norm(updates[n]["kernel"]) / jnp.linalg.norm(state.params[n]["kernel"])
+                 for n in dense_names]).astype(ratio.dtype), lambda: ratio)
         # A step whose loss is non-finite is not taken. The parameters are not
         # checked here: a pass over them costs ~8% of a step on a CPU, and
         # non-finite parameters make the next step's loss non-finite (or, where a
@@ -308,7 +311,7 @@ def make_program(spec: GroupSpec) -> Program:
     def init(seeds, hparams) -> MemberState:
         return jax.vmap(init_member)(seeds, hparams)
 
-    def step(state: MemberState, data: dict, with_ratio: bool = True):
+    def step(state: MemberState, data: dict, with_ratio=True):
         """Every member's step: ``(state, per-member batch loss, accuracy)``.
         Members already diverged, or whose step is not finite, keep their
         parameters and statistics. Then the remedies of the step."""
@@ -455,16 +458,13 @@ def make_program(spec: GroupSpec) -> Program:
         dtype = float_dtype()
         zero = jnp.zeros(state.step.shape, dtype)
 
-        def body(_, carry, with_ratio=False):
+        def body(i, carry):
             s, loss, acc = carry
-            s, batch_loss, batch_acc = step(s, data, with_ratio)
+            # Only the last step records the update norms (update_ratio/layer_L).
+            s, batch_loss, batch_acc = step(s, data, with_ratio=i == n - 1)
             return s, loss + batch_loss.astype(dtype), acc + batch_acc.astype(dtype)
 
-        # All steps but the last skip the update norms; the last one (if any)
-        # records them for update_ratio/layer_L.
-        carry = jax.lax.fori_loop(0, jnp.maximum(n - 1, 0), body, (state, zero, zero))
-        state, loss, acc = jax.lax.cond(n > 0, lambda c: body(0, c, with_ratio=True),
-                                        lambda c: c, carry)
+        state, loss, acc = jax.lax.fori_loop(0, jnp.maximum(n, 0), body, (state, zero, zero))
         scalars, hists, evidence = evaluate(state, data, full)
         with jax.default_matmul_precision("float32"):
             state = observe(state, evidence)
