@@ -311,10 +311,13 @@ def make_program(spec: GroupSpec) -> Program:
     def init(seeds, hparams) -> MemberState:
         return jax.vmap(init_member)(seeds, hparams)
 
-    def step(state: MemberState, data: dict, with_ratio=True):
+    def step(state: MemberState, data: dict, with_ratio=True, periodic=True):
         """Every member's step: ``(state, per-member batch loss, accuracy)``.
         Members already diverged, or whose step is not finite, keep their
-        parameters and statistics. Then the remedies of the step."""
+        parameters and statistics. Then the remedies of the step: the
+        every-step ones, and the periodic ones where the step is a multiple of
+        ``interventions.every`` and ``periodic`` (a traced bool: a chunk's last
+        step leaves them to after its evaluation)."""
         t = task_plan.at(state.step[0])  # all members share the step
 
         def member(s):
@@ -346,10 +349,13 @@ def make_program(spec: GroupSpec) -> Program:
         if remedies.every_step:
             state = apply_remedies(state, on_batch, acts, every_step=True)
         if remedies.periodic:
-            every = cfg.interventions.every
-            state = jax.lax.cond(state.step[0] % every == 0,
+            state = jax.lax.cond(periodic & is_periodic_step(state),
                                  lambda s: periodic_remedies(s, data), lambda s: s, state)
         return state, loss, acc
+
+    def is_periodic_step(state):
+        """Whether the periodic remedies act after the step just taken."""
+        return (state.step[0] > 0) & (state.step[0] % cfg.interventions.every == 0)
 
     # ------------------------------------------------------------ evaluation
     def logits_of(state, x):
@@ -451,7 +457,12 @@ def make_program(spec: GroupSpec) -> Program:
     def train_chunk(state: MemberState, data: dict, stop, full):
         """Every member trained to step ``stop`` (all members share the step;
         ``stop`` equal to it evaluates only), then evaluated and observed:
-        ``(state, scalars, histograms)``."""
+        ``(state, scalars, histograms)``.
+
+        A periodic remedy due at ``stop`` acts after the evaluation: the
+        evaluation measures the network it acts on, and the ``units_reset``
+        counts reported with it include that application (the state returned,
+        and checkpointed, is after it, as in an uninterrupted run)."""
         n = stop - state.step[0]
         # The online metrics: each batch's loss and accuracy before its update,
         # summed over the chunk (Dohare et al. 2024 report these for streams).
@@ -460,14 +471,20 @@ def make_program(spec: GroupSpec) -> Program:
 
         def body(i, carry):
             s, loss, acc = carry
-            # Only the last step records the update norms (update_ratio/layer_L).
-            s, batch_loss, batch_acc = step(s, data, with_ratio=i == n - 1)
+            # Only the last step records the update norms (update_ratio/layer_L)
+            # and leaves its periodic remedies to after the evaluation.
+            last = i == n - 1
+            s, batch_loss, batch_acc = step(s, data, with_ratio=last, periodic=~last)
             return s, loss + batch_loss.astype(dtype), acc + batch_acc.astype(dtype)
 
         state, loss, acc = jax.lax.fori_loop(0, jnp.maximum(n, 0), body, (state, zero, zero))
         scalars, hists, evidence = evaluate(state, data, full)
         with jax.default_matmul_precision("float32"):
             state = observe(state, evidence)
+        if remedies.periodic:
+            state = jax.lax.cond((n > 0) & is_periodic_step(state),
+                                 lambda s: periodic_remedies(s, data), lambda s: s, state)
+        with jax.default_matmul_precision("float32"):
             scalars = {**scalars, **jax.vmap(report_member)(state)}
         scalars["train/online_loss"] = loss / n
         if not regression:

@@ -142,8 +142,9 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
                 record(*pending)
             pending = (step, scalars, hists if full else {})
             # checkpoint (collective too), after this evaluation's rows; step 0
-            # needs none: the initialisation is recomputed exactly from the seeds
-            if step > 0 and (step % cfg.train.checkpoint_every == 0 or step == total):
+            # needs none (the initialisation is recomputed exactly from the
+            # seeds) unless it is the last: train.steps = 0 leaves a member
+            if step == total or (step > 0 and step % cfg.train.checkpoint_every == 0):
                 record(*pending)
                 pending = None
                 ckpt.save(step, _real(state, n), meta)

@@ -15,6 +15,7 @@ import pytest
 
 from deadjax import checkpoints, config as config_lib, data, population
 from deadjax.checkpoints import ChunkCheckpointer, CheckpointWarning, load_member
+from deadjax.results import load_results as deadjax_load_results
 from tests.conftest import compiled_for, device_data
 
 GROUP = "g0123456789"
@@ -338,3 +339,23 @@ def test_resumed_training_equals_uninterrupted(tmp_path, setup):
     resumed, _, _ = pop.train_chunk(restored, dev, 4)
     assert step == 2 and int(np.asarray(resumed.step)[0]) == 4
     _bitwise_equal(resumed, straight)
+
+
+def test_zero_steps_leaves_a_loadable_initial_member(tmp_path):
+    """train.steps = 0 evaluates the initialisation and checkpoints it:
+    load_member returns init from the seed, bit for bit."""
+    from deadjax import runner, sweep
+    from tests.conftest import init_members, tiny_config
+    base = tiny_config(train__steps=0, diagnostics__families=("dead",))
+    runner.run_sweep(base, sweep.product({"seed": [4, 5]}), tmp_path, tensorboard=False)
+    frame = deadjax_load_results(tmp_path)
+    assert frame.step.tolist() == [0, 0]
+    point = frame[frame.seed == 5].point.iloc[0]
+    member = load_member(tmp_path, point)
+    assert member["step"] == 0
+    cfg = tiny_config(train__steps=0, diagnostics__families=("dead",), seed=5)
+    fresh = jax.device_get(init_members(compiled_for(cfg), [cfg]))
+    for layer in ("Dense_0", "Dense_1", "Dense_2"):
+        for leaf in ("kernel", "bias"):
+            np.testing.assert_array_equal(member["params"][layer][leaf],
+                                          fresh.params[layer][leaf][0])

@@ -281,3 +281,33 @@ def test_activation_reset_switches_exactly_the_dead_units():
         h = np.where(switched[l], np.where(z > 0, z, 0.1 * z), np.maximum(z, 0))
     ref = h @ member.params["Dense_2"]["kernel"] + member.params["Dense_2"]["bias"]
     np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_an_evaluation_at_a_remedy_step_measures_the_state_before_it():
+    """ReDo every 10 steps, evaluations every 10: the evaluation at step 20 is
+    the member's state after 20 steps with the resets at 10 but before the
+    reset at 20 (pure step functions, the last without its periodic remedy,
+    then evaluate), and the units_reset reported there includes the reset at
+    20 (the periodic remedy applied to that state)."""
+    base = _base(interventions__method="redo", interventions__every=10,
+                 train__eval_every=10, diagnostics__families=("dead", "dormant"))
+    pop = compiled_for(base)
+    program = pop.program
+    dd = device_data(base)
+    start = init_members(pop, [base], seeds=[3])
+    at_10, _, _ = pop.train_chunk(jax.tree.map(jnp.copy, start), dd, 10)
+    ref = jax.tree.map(jnp.copy, at_10)
+    for i in range(10):
+        ref, _, _ = program.step(ref, dd, with_ratio=i == 9, periodic=i < 9)
+    ref_scalars, _, _ = program.evaluate(ref, dd, False)
+    after = program.periodic(ref, dd)
+    at_20, scalars, _ = jax.device_get(pop.train_chunk(at_10, dd, 20, False))
+    for name in ("dead_fraction/all", "dead_fraction/layer_0", "dormant_ratio_0.1/layer_1",
+                 "test/loss"):
+        np.testing.assert_allclose(scalars[name], ref_scalars[name], rtol=1e-5, err_msg=name)
+    assert scalars["dead_fraction/all"][0] > 0  # what the reset at 20 then acts on
+    np.testing.assert_array_equal(scalars["units_reset/all"],
+                                  np.asarray(after.interventions["units_reset"]).sum(-1))
+    assert scalars["units_reset/all"][0] > np.asarray(ref.interventions["units_reset"]).sum()
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 at_20.params, jax.device_get(after.params))
