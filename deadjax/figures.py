@@ -27,6 +27,7 @@ import textwrap
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -313,21 +314,79 @@ def final_vs_hyperparameter(frame: pd.DataFrame, metric: str, field: str) -> Fig
 # The default set
 # ---------------------------------------------------------------------------
 
+FORMATS = ("png", "pdf", "svg")
+# Vector output a paper can use: TrueType (Type 42) fonts embedded in PDFs, so
+# journals' checks pass and text stays selectable; SVG text as paths, so it
+# looks the same without the fonts installed. No dates and a fixed hash salt:
+# the same figure gives the same bytes on every run (diffs stay quiet).
+_VECTOR_RC = {"pdf.fonttype": 42, "svg.fonttype": "path", "svg.hashsalt": "deadjax"}
+_VECTOR_METADATA = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
+
+
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """``formats`` lower-cased, duplicates dropped; ``ValueError`` with one
+    sentence for an empty list or a format other than png, pdf, svg."""
+    out = tuple(dict.fromkeys(str(f).strip().lower() for f in formats))
+    unknown = [f for f in out if f not in FORMATS]
+    if unknown or not out:
+        raise ValueError(f"figure formats {', '.join(map(repr, unknown)) or '(none)'} "
+                         f"are not supported; choose from {', '.join(FORMATS)}.")
+    return out
+
+
+def render(fig: Figure, fmt: str, colors: int | None = None) -> bytes:
+    """The bytes of ``fig`` as ``fmt`` (png at :data:`DPI`; pdf with embedded
+    TrueType fonts, ``pdf.fonttype`` 42; svg with text as paths). The rc
+    settings hold only for this save (``rc_context``), so no global state
+    changes. ``colors`` reduces a PNG to that many palette colours."""
+    (fmt,) = check_formats([fmt])
+    buf = io.BytesIO()
+    if fmt == "png":
+        fig.savefig(buf, format="png", dpi=DPI)
+        if colors:
+            from PIL import Image  # matplotlib's own dependency
+            image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+            buf = io.BytesIO()
+            image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(
+                buf, format="PNG", optimize=True)
+    else:
+        with matplotlib.rc_context(_VECTOR_RC):
+            fig.savefig(buf, format=fmt, dpi=DPI, metadata=_VECTOR_METADATA[fmt])
+    return buf.getvalue()
+
+
 def save_png(fig: Figure, path, colors: int | None = None) -> Path:
-    """Writes ``fig`` as PNG through a temporary file and a rename;
+    """Writes ``fig`` as PNG to ``path`` through a temporary file and a rename;
     ``colors``: reduced to that many palette colours (a busy figure with
     hundreds of anti-aliased lines shrinks ~3x, for figures kept in git)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    if colors:
-        from PIL import Image  # matplotlib's own dependency
-        image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-        buf = io.BytesIO()
-        image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(
-            buf, format="PNG", optimize=True)
     path = Path(path)
-    results.atomic_write_bytes(path, buf.getvalue())
+    results.atomic_write_bytes(path, render(fig, "png", colors))
     return path
+
+
+def format_path(path, fmt: str) -> Path:
+    """``path`` with the suffix of ``fmt``: a known figure suffix (.png, .pdf,
+    .svg) is replaced, anything else kept (``final_x_vs_optim.learning_rate``
+    -> ``final_x_vs_optim.learning_rate.pdf``)."""
+    path = Path(path)
+    if path.suffix.lower().lstrip(".") in FORMATS:
+        path = path.with_suffix("")
+    return path.with_name(f"{path.name}.{fmt}")
+
+
+def save(fig: Figure, path, formats: Sequence[str] = ("png",),
+         colors: int | None = None) -> list[Path]:
+    """Writes ``fig`` once per format beside ``path`` (``out/test_accuracy.png``
+    or ``out/test_accuracy`` -> ``out/test_accuracy.png``, ``.pdf``, ``.svg``),
+    each through a temporary file and a rename, and returns the paths in the
+    order of ``formats``. See :func:`render` for what each format holds;
+    ``colors`` applies to the PNG only."""
+    written = []
+    for fmt in check_formats(formats):
+        target = format_path(path, fmt)
+        results.atomic_write_bytes(target, render(fig, fmt, colors))
+        written.append(target)
+    return written
 
 
 def file_stem(name: str) -> str:

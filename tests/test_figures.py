@@ -194,3 +194,28 @@ def test_cli_writes_default_and_extra_figures(workdir, tmp_path):
     names = {Path(line).name for line in done.stdout.split()}
     assert {"test_accuracy.png", "dead_fraction_layer_0.png"} <= names
     assert all((tmp_path / "o" / n).stat().st_size > 1000 for n in names)
+
+
+def test_save_writes_each_format_atomically_with_embedded_fonts(frame, tmp_path):
+    import matplotlib
+    fig = figures.metric_curves(frame, "test/accuracy")
+    before = matplotlib.rcParams["pdf.fonttype"]
+    paths = figures.save(fig, tmp_path / "final_x_vs_optim.learning_rate.png",
+                         formats=("png", "PDF", "svg"))
+    assert [p.name for p in paths] == ["final_x_vs_optim.learning_rate.png",
+                                       "final_x_vs_optim.learning_rate.pdf",
+                                       "final_x_vs_optim.learning_rate.svg"]
+    png, pdf, svg = (p.read_bytes() for p in paths)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pdf[:5] == b"%PDF-"
+    # pdf.fonttype 42: TrueType font programs embedded, no Type 3 fonts
+    assert b"/FontFile2" in pdf and b"/Subtype /Type3" not in pdf
+    assert svg.lstrip().startswith(b"<?xml") and b"<svg" in svg
+    assert matplotlib.rcParams["pdf.fonttype"] == before  # no global state changed
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
+    # same figure, same bytes: vector files carry no date
+    assert figures.render(fig, "pdf") == pdf and figures.render(fig, "svg") == svg
+    # save_png keeps writing exactly the path it is given
+    assert figures.save_png(fig, tmp_path / "plain").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="'gif' are not supported; choose from png, pdf, svg"):
+        figures.save(fig, tmp_path / "x", formats=("png", "gif"))
