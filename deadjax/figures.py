@@ -30,6 +30,7 @@ from typing import Sequence
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib import transforms as mtransforms
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -41,6 +42,9 @@ DEAD_DEFINITION = ("dead unit: φ'(z_j(x)) = 0 on every probe input x "
                    "(|φ'| ≤ θ·max|φ'| for diagnostics.dead_threshold θ > 0)")
 FINAL_TEXT = "final = value at each point's last evaluated step"
 _MAX_LEGEND = 12
+_LEGEND_WIDTH = 28  # characters per legend line
+_GAP_PT = 6.0  # between the axes and a legend beside them
+_PAD_PX = 4.0  # kept free at the figure's edge
 
 
 # ---------------------------------------------------------------------------
@@ -155,17 +159,75 @@ def _caption(fig: Figure, text: str) -> None:
     """Small text under the axes, wrapped to the figure's width."""
     width = int(fig.get_figwidth() * 20)  # x-small characters per inch, roughly
     lines = textwrap.wrap(text, width)
-    fig.text(0.01, 0.005, "\n".join(lines), fontsize="x-small", va="bottom")
-    bottom = (0.13 * len(lines) + 0.05) / fig.get_figheight()  # inches of text -> fraction
-    fig.get_layout_engine().set(rect=(0, bottom, 1, 1 - bottom))
+    fig.text(0.01, 0.005, "\n".join(lines), fontsize="x-small", va="bottom", gid="caption")
+    _reserve_layout(fig)
+
+
+def _reserve_layout(fig: Figure) -> None:
+    """Sets the layout's rectangle: above the caption and left of the strip
+    that the outside legends (:func:`_legend`) need; again after a resize."""
+    lines = sum(t.get_text().count("\n") + 1 for t in fig.texts if t.get_gid() == "caption")
+    bottom = (0.13 * lines + 0.05) / fig.get_figheight() if lines else 0.0  # inches -> fraction
+    outside = _outside_artists(fig)
+    widths = [a.get_window_extent(fig.canvas.get_renderer()).width for a in outside]
+    strip = (max(widths) + _GAP_PT * fig.dpi / 72 + _PAD_PX) / fig.bbox.width if widths else 0.0
+    fig.get_layout_engine().set(rect=(0, bottom, 1 - strip, 1 - bottom))
+
+
+def _outside_artists(fig: Figure) -> list:
+    """The legends and legend notes that :func:`_legend` put beside the axes."""
+    found = []
+    for ax in fig.axes:
+        for artist in [ax.get_legend(), *ax.texts]:
+            if artist is not None and artist.get_gid() == "legend":
+                found.append(artist)
+    return found
 
 
 def _legend(ax, count: int) -> None:
+    """The legend of ``ax`` outside its data area, so that no line, band or
+    marker can lie under it: beside the axes on the right, top-aligned, in a
+    strip of the figure that the layout keeps free for it (the axes get
+    narrower, the figure keeps its width unless the legend would take more
+    than half of it). A legend taller than the panels makes the figure taller
+    until it fits above the caption, so nothing is cut off either. Long
+    labels wrap at ``_LEGEND_WIDTH`` characters. Beyond ``_MAX_LEGEND`` lines
+    a note in the same place says how many there are. Call it last: the fit
+    measures the finished figure."""
+    fig = ax.figure
     if count <= _MAX_LEGEND:
-        ax.legend(fontsize="small", loc="best")
+        handles, labels = ax.get_legend_handles_labels()
+        if not handles:
+            return
+        wrapped = [textwrap.fill(l, _LEGEND_WIDTH, break_long_words=False,
+                                 break_on_hyphens=False) for l in labels]
+        # Offset in points from the axes' corner, not a fraction of the axes
+        # width: a gap that scaled with the axes would move on every draw.
+        corner = mtransforms.offset_copy(ax.transAxes, fig=fig, x=_GAP_PT, y=0.0,
+                                         units="points")
+        artist = ax.legend(handles, wrapped, fontsize="small", loc="upper left",
+                           bbox_to_anchor=(1.0, 1.0), bbox_transform=corner,
+                           borderaxespad=0.0)
     else:
-        ax.text(0.99, 0.01, f"{count} lines (legend omitted)", transform=ax.transAxes,
-                ha="right", va="bottom", fontsize="small")
+        artist = ax.annotate(f"{count} lines\n(legend omitted)", (1.0, 1.0),
+                             xycoords="axes fraction", xytext=(_GAP_PT, 0.0),
+                             textcoords="offset points", ha="left", va="top",
+                             fontsize="small")
+    artist.set_gid("legend")
+    artist.set_in_layout(False)  # its room is the strip _reserve_layout keeps free
+    renderer = fig.canvas.get_renderer()
+    need = artist.get_window_extent(renderer).width + _GAP_PT * fig.dpi / 72 + _PAD_PX
+    if need > 0.5 * fig.bbox.width:
+        fig.set_figwidth(2 * need / fig.dpi)
+    for _ in range(4):
+        _reserve_layout(fig)
+        fig.draw_without_rendering()
+        floor = fig.get_layout_engine().get()["rect"][1] * fig.bbox.height
+        short = floor + _PAD_PX - artist.get_window_extent(renderer).y0
+        if short <= 0:
+            return
+        # the panels grow with the figure, the legend (sized by its fonts) does not
+        fig.set_figheight(fig.get_figheight() + short / fig.dpi)
 
 
 def _aggregation_caption(frame: pd.DataFrame, fields: Sequence[str]) -> str:
@@ -218,7 +280,7 @@ def metric_curves(frame: pd.DataFrame, metric: str, *, by: Sequence[str] | None 
                            f"swept: {', '.join(swept_fields(frame)) or '(none)'}.")
         groups = aggregate(frame, metric, "step", fields)
         _draw_bands(ax, groups, fields)
-        _legend(ax, len(groups))
+        count = len(groups)
         _caption(fig, _aggregation_caption(frame, fields))
     else:
         fields = configuration_fields(frame) + (["seed"] if "seed" in frame.columns else [])
@@ -228,12 +290,13 @@ def metric_curves(frame: pd.DataFrame, metric: str, *, by: Sequence[str] | None 
             label = ", ".join([str(point)] + [f"{n}={_fmt(v)}" for n, v in
                                               zip(_short_names(fields), key)])
             ax.plot(sub["step"], sub[metric].astype(float), label=label, gid="point")
-        _legend(ax, points.ngroups)
+        count = points.ngroups
         _caption(fig, "one line per point (no aggregation)")
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     ax.set_title(metric)
     ax.grid(alpha=0.3)
+    _legend(ax, count)
     return fig
 
 
@@ -276,9 +339,9 @@ def dead_fraction_by_layer(frame: pd.DataFrame) -> Figure:
         ax.set_ylabel("dead fraction")
     for ax in axes[-ncols:]:
         ax.set_xlabel("step")
-    _legend(axes[0], groups_count)
     fig.suptitle(DEAD_DEFINITION, fontsize="small")
     _caption(fig, _aggregation_caption(frame, fields))
+    _legend(axes[ncols - 1], groups_count)  # the top-right panel: the legend goes on its right
     return fig
 
 
@@ -301,12 +364,12 @@ def final_vs_hyperparameter(frame: pd.DataFrame, metric: str, field: str) -> Fig
     _draw_bands(ax, groups, fields, markers=True)
     if _use_log_x(field, last[field]):
         ax.set_xscale("log")
-    _legend(ax, len(groups))
     ax.set_xlabel(field)
     ax.set_ylabel(f"final {metric}")
     ax.set_title(f"final {metric} vs {field}")
     ax.grid(alpha=0.3)
     _caption(fig, f"{FINAL_TEXT}; {_aggregation_caption(frame, fields + [field])}")
+    _legend(ax, len(groups))
     return fig
 
 
@@ -416,27 +479,46 @@ def numeric_swept_fields(frame: pd.DataFrame) -> list[str]:
     return out
 
 
-def default_figures(workdir, out_dir=None) -> list[Path]:
-    """Writes the figures a researcher wants first and returns their paths.
+def default_set(frame: pd.DataFrame, metrics: Sequence[str] = ()) -> list[tuple[str, Figure]]:
+    """The figures a researcher wants first, as ``(file stem, Figure)`` pairs,
+    without writing anything.
 
-    ``<headline>.png`` (test/accuracy, else the first of val/accuracy,
-    train/accuracy, test/loss), ``train_loss.png``, ``dead_fraction.png`` when
-    ``dead_fraction/*`` columns exist, and ``final_<headline>_vs_<field>.png``
-    per numeric swept field other than seed with more than one value.
-    ``out_dir`` defaults to ``workdir/figures``.
+    ``<headline>`` (test/accuracy, else the first of val/accuracy,
+    train/accuracy, test/loss), ``train_loss``, ``dead_fraction`` when
+    ``dead_fraction/*`` columns exist, ``final_<headline>_vs_<field>`` per
+    numeric swept field other than seed with more than one value, then one
+    curve per extra metric of ``metrics`` not drawn already.
     """
-    frame = results.load_results(workdir)
-    out = Path(out_dir) if out_dir is not None else Path(workdir) / "figures"
-    written = []
+    for metric in metrics:
+        check_metric(frame, metric)
     headline = headline_metric(frame)
-    curves = [m for m in (headline, "train/loss") if m is not None]
+    drawn = []
+    curves = [m for m in (headline, "train/loss") if m is not None and m in frame.columns]
     for metric in dict.fromkeys(curves):
-        written.append(save_png(metric_curves(frame, metric), out / f"{file_stem(metric)}.png"))
+        drawn.append((file_stem(metric), metric_curves(frame, metric)))
     if _layer_columns(frame):
-        written.append(save_png(dead_fraction_by_layer(frame), out / "dead_fraction.png"))
+        drawn.append(("dead_fraction", dead_fraction_by_layer(frame)))
     if headline is not None:
         for field in numeric_swept_fields(frame):
-            name = f"final_{file_stem(headline)}_vs_{file_stem(field)}.png"
-            written.append(save_png(final_vs_hyperparameter(frame, headline, field),
-                                    out / name))
+            drawn.append((f"final_{file_stem(headline)}_vs_{file_stem(field)}",
+                          final_vs_hyperparameter(frame, headline, field)))
+    for metric in dict.fromkeys(metrics):
+        if metric not in curves:
+            drawn.append((file_stem(metric), metric_curves(frame, metric)))
+    return drawn
+
+
+def default_figures(workdir, out_dir=None, *, formats: Sequence[str] = ("png",),
+                    metrics: Sequence[str] = ()) -> list[Path]:
+    """Writes :func:`default_set` (plus one curve per extra metric of
+    ``metrics``) into ``out_dir`` (default ``workdir/figures``), one file per
+    format of ``formats`` (png, pdf, svg), and returns the paths written.
+    """
+    frame = results.load_results(workdir)
+    formats = check_formats(formats)
+    drawn = default_set(frame, metrics)  # draws (and checks metrics) before writing
+    out = Path(out_dir) if out_dir is not None else Path(workdir) / "figures"
+    written = []
+    for stem, fig in drawn:
+        written += save(fig, out / stem, formats)
     return written

@@ -8,6 +8,7 @@ recomputed by hand in the tests.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.legend import Legend
+from matplotlib.path import Path as MplPath
 
 from deadjax import figures, results
 
@@ -169,6 +172,100 @@ def test_default_figures_write_pngs(workdir, tmp_path):
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
     assert not [p for p in (tmp_path / "figs").iterdir() if p.name.startswith(".")]
+
+
+def grid_frame(activations, lrs, seeds=SEEDS, steps=STEPS):
+    """A results table of len(activations) x len(lrs) configurations: long
+    legend labels ("activation=leaky_relu, learning_rate=0.001, n=3")."""
+    rows = []
+    for i, (act, lr) in enumerate(itertools.product(activations, lrs)):
+        for s in seeds:
+            for t in steps:
+                rows.append({"point": f"p{i:02d}{s}", "group": f"g{i}", "step": t, "seed": s,
+                             "model.activation": act, "optim.learning_rate": lr,
+                             "dead_fraction/all": dead(0, lr, s, t),
+                             "dead_fraction/layer_0": dead(0, lr, s, t),
+                             "test/accuracy": accuracy(lr, s, t) / (1 + i),
+                             "train/loss": loss(lr, s, t) + 0.1 * i})
+    return pd.DataFrame(rows)
+
+
+def data_points(ax):
+    """Display coordinates of every finite data point of the lines (Line2D
+    xydata through ax.transData) and bands (PolyCollection path vertices
+    through their transform) of ``ax``."""
+    pts = [np.empty((0, 2))]
+    for line in ax.get_lines():
+        xy = np.asarray(line.get_xydata(), float)
+        pts.append(ax.transData.transform(xy[np.isfinite(xy).all(axis=1)]))
+    for coll in ax.collections:
+        for path in coll.get_paths():
+            v = path.vertices
+            keep = np.isfinite(v).all(axis=1)
+            if path.codes is not None:
+                keep &= path.codes != MplPath.CLOSEPOLY  # its vertex is a placeholder
+            pts.append(coll.get_transform().transform(v[keep]))
+    return np.concatenate(pts)
+
+
+def legend_boxes(fig):
+    """Window extents of every legend of ``fig`` and of the "legend omitted" notes."""
+    renderer = fig.canvas.get_renderer()
+    artists = list(fig.findobj(Legend)) + [t for ax in fig.axes for t in ax.texts
+                                           if t.get_gid() == "legend"]
+    return [a.get_window_extent(renderer) for a in artists]
+
+
+def assert_legends_clear(fig):
+    """No legend covers a data point or any part of a data area, and every
+    legend lies inside the figure (nothing cut off when saved)."""
+    fig.draw_without_rendering()  # run the layout, as a save does
+    boxes = legend_boxes(fig)
+    assert boxes, "figure has no legend to check"
+    for box in boxes:
+        assert (fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1
+                and fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1), (box, fig.bbox)
+        for ax in fig.axes:
+            if not ax.get_visible():
+                continue
+            pts = data_points(ax)
+            assert len(pts) > 0
+            covered = ((pts[:, 0] >= box.x0) & (pts[:, 0] <= box.x1)
+                       & (pts[:, 1] >= box.y0) & (pts[:, 1] <= box.y1))
+            assert not covered.any(), f"{covered.sum()} data points under the legend"
+            # stronger: the whole data area, so no segment between points either
+            assert not box.overlaps(ax.bbox), (box, ax.bbox)
+    return boxes
+
+
+@pytest.mark.parametrize("case", ["two", "twelve_long", "sixteen"])
+def test_legends_never_cover_data(frame, case):
+    table = {"two": frame,
+             "twelve_long": grid_frame(["relu", "tanh", "leaky_relu"], [0.001, 0.01, 0.1, 1.0]),
+             "sixteen": grid_frame(["relu", "tanh", "leaky_relu", "gelu"],
+                                   [0.001, 0.01, 0.1, 1.0])}[case]
+    drawn = figures.default_set(table)
+    assert {stem for stem, _ in drawn} == {"test_accuracy", "train_loss", "dead_fraction",
+                                          "final_test_accuracy_vs_optim.learning_rate"}
+    drawn.append(("per_point", figures.metric_curves(table, "train/loss",
+                                                     aggregate_seeds=False)))
+    for stem, fig in drawn:
+        assert_legends_clear(fig)
+    if case == "twelve_long":  # 12 two-line entries: taller than the default 4.2 in
+        fig = dict(drawn)["test_accuracy"]
+        assert fig.get_figheight() > 4.2 and fig.axes[0].get_legend() is not None
+        assert len(fig.axes[0].get_legend().get_texts()) == 12
+    if case == "sixteen":
+        notes = [t.get_text() for t in dict(drawn)["test_accuracy"].axes[0].texts]
+        assert notes == ["16 lines\n(legend omitted)"]
+
+
+def test_legend_check_catches_a_legend_inside_the_axes(frame):
+    fig = figures.metric_curves(frame, "test/accuracy")
+    fig.axes[0].get_legend().remove()
+    fig.axes[0].legend(loc="center")  # where the old loc="best" could land
+    with pytest.raises(AssertionError):
+        assert_legends_clear(fig)
 
 
 def run_cli(*args):
