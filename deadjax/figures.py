@@ -20,10 +20,14 @@ Non-finite values (a diverged member's ``inf``/``NaN`` loss, the ``NaN`` of
 
 from __future__ import annotations
 
+import html
 import io
 import math
+import os
 import re
 import textwrap
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -509,16 +513,164 @@ def default_set(frame: pd.DataFrame, metrics: Sequence[str] = ()) -> list[tuple[
 
 
 def default_figures(workdir, out_dir=None, *, formats: Sequence[str] = ("png",),
-                    metrics: Sequence[str] = ()) -> list[Path]:
+                    metrics: Sequence[str] = (), index: bool = True) -> list[Path]:
     """Writes :func:`default_set` (plus one curve per extra metric of
     ``metrics``) into ``out_dir`` (default ``workdir/figures``), one file per
-    format of ``formats`` (png, pdf, svg), and returns the paths written.
+    format of ``formats`` (png, pdf, svg), then, with ``index``, ``index.html``
+    (:func:`write_index`), and returns the paths written, the index last.
+    Unknown formats or metrics stop before anything is written.
     """
     frame = results.load_results(workdir)
     formats = check_formats(formats)
     drawn = default_set(frame, metrics)  # draws (and checks metrics) before writing
     out = Path(out_dir) if out_dir is not None else Path(workdir) / "figures"
-    written = []
+    written, entries = [], []
     for stem, fig in drawn:
-        written += save(fig, out / stem, formats)
+        paths = save(fig, out / stem, formats)
+        written += paths
+        entries.append(FigureFiles(*figure_text(fig, stem), tuple(paths)))
+    if index:
+        source = Path(workdir) / results.RESULTS
+        written.append(write_index(out, entries, frame,
+                                   title=f"Figures of {Path(workdir).resolve().name}",
+                                   source=str(source)))
     return written
+
+
+# ---------------------------------------------------------------------------
+# index.html: every figure written, with its caption, and the summary table
+# ---------------------------------------------------------------------------
+
+SUMMARY_METRICS = ("test/accuracy", "test/loss", "train/loss", "dead_fraction/all",
+                   "diverged")
+
+
+@dataclass(frozen=True)
+class FigureFiles:
+    """One figure as the index shows it: its title, its caption and the files
+    written for it (one per format)."""
+    title: str
+    caption: str
+    paths: tuple[Path, ...]
+
+
+def figure_text(fig: Figure, default: str = "") -> tuple[str, str]:
+    """``(title, caption)`` of a figure drawn here: the titles of its visible
+    axes joined by " · " (else its suptitle, else ``default``), and its
+    caption lines unwrapped, after the suptitle when the title did not use it."""
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    title = " · ".join(titles) or suptitle or default
+    parts = [suptitle] if titles and suptitle else []
+    parts += [" ".join(t.get_text().split()) for t in fig.texts if t.get_gid() == "caption"]
+    return title, ". ".join(parts)
+
+
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per point at its last evaluated step (:func:`final_rows`):
+    ``point``, the swept fields, ``step``, then the headline metric and those
+    of :data:`SUMMARY_METRICS` that the table has."""
+    metrics = [m for m in dict.fromkeys([headline_metric(frame), *SUMMARY_METRICS])
+               if m is not None and m in frame.columns]
+    columns = ["point", *swept_fields(frame), "step", *metrics]
+    return final_rows(frame)[columns].reset_index(drop=True)
+
+
+def _html_cell(value) -> tuple[str, str | None]:
+    """(text shown, exact value for ``data-value``) of one table cell. Floats
+    show 6 significant digits; ``data-value`` holds their shortest exact repr."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)), None
+    if isinstance(value, (int, np.integer)):
+        return str(int(value)), str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return (f"{v:.6g}" if math.isfinite(v) else repr(v)), repr(v)
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "", None
+    return str(value), None
+
+
+_INDEX_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
+       padding: 0 1em; color: #222; }
+figure { margin: 2em 0; border-top: 1px solid #ddd; padding-top: 1em; }
+figure img { max-width: 100%; height: auto; }
+figcaption { font-size: 0.9em; color: #444; }
+.files a { margin-right: 0.8em; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; }
+th { background: #f4f4f4; position: sticky; top: 0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.scroll { overflow-x: auto; }
+"""
+
+
+def _href(path: Path, base: Path) -> str:
+    rel = Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()
+    return html.escape(urllib.parse.quote(rel), quote=True)
+
+
+def index_html(entries: Sequence[FigureFiles], frame: pd.DataFrame, *, base: Path,
+               title: str = "Figures", source: str = "") -> str:
+    """The text of ``index.html``: every figure of ``entries`` (a PNG shown as
+    ``<img>``, else an SVG; every file linked by its format), its title and
+    caption, then :func:`summary_table`. Self-contained (inline CSS, no script,
+    nothing fetched from the network); file links are relative to ``base``;
+    every text is escaped with ``html.escape``."""
+    e = lambda text: html.escape(str(text), quote=True)  # noqa: E731
+    table = summary_table(frame)
+    steps = frame["step"]
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           f"<title>{e(title)}</title>", f"<style>{_INDEX_CSS}</style>", "</head>", "<body>",
+           f"<h1>{e(title)}</h1>",
+           f"<p>{frame['point'].nunique()} points, {len(frame)} rows, steps "
+           f"{int(steps.min())}–{int(steps.max())}"
+           + (f"; drawn from <code>{e(source)}</code>" if source else "") + ".</p>"]
+    out.append('<section id="figures">')
+    for entry in entries:
+        by_format = {p.suffix.lstrip(".").lower(): p for p in entry.paths}
+        shown = by_format.get("png") or by_format.get("svg")
+        out.append("<figure>")
+        out.append(f"<h2>{e(entry.title)}</h2>")
+        if shown is not None:
+            out.append(f'<a href="{_href(shown, base)}"><img src="{_href(shown, base)}" '
+                       f'alt="{e(entry.title)}"></a>')
+        out.append(f"<figcaption>{e(entry.caption)}</figcaption>")
+        links = " ".join(f'<a href="{_href(p, base)}">{e(fmt.upper())}</a>'
+                         for fmt, p in by_format.items())
+        out.append(f'<p class="files">files: {links}</p>')
+        out.append("</figure>")
+    out.append("</section>")
+    out.append('<section id="summary">')
+    out.append("<h2>Summary: each point at its last evaluated step</h2>")
+    out.append('<div class="scroll"><table>')
+    out.append("<thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in table.columns)
+               + "</tr></thead>")
+    out.append("<tbody>")
+    for row in table.itertuples(index=False, name=None):
+        cells = []
+        for value in row:
+            text, exact = _html_cell(value)
+            if exact is None:
+                cells.append(f"<td>{e(text)}</td>")
+            else:
+                cells.append(f'<td class="num" data-value="{e(exact)}">{e(text)}</td>')
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table></div>")
+    out.append("<p>Floats show 6 significant digits; each number cell's "
+               "<code>data-value</code> attribute holds its exact value.</p>")
+    out.append("</section>")
+    out += ["</body>", "</html>", ""]
+    return "\n".join(out)
+
+
+def write_index(out_dir, entries: Sequence[FigureFiles], frame: pd.DataFrame, *,
+                title: str = "Figures", source: str = "") -> Path:
+    """Writes :func:`index_html` to ``out_dir/index.html`` through a temporary
+    file and a rename, and returns its path."""
+    path = Path(out_dir) / "index.html"
+    results.atomic_write_text(path, index_html(entries, frame, base=Path(out_dir),
+                                               title=title, source=source))
+    return path

@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+import urllib.parse
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -166,12 +168,133 @@ def test_unknown_metric_names_available(frame):
 
 def test_default_figures_write_pngs(workdir, tmp_path):
     paths = figures.default_figures(workdir, tmp_path / "figs")
-    names = sorted(p.name for p in paths)
-    assert names == sorted(["test_accuracy.png", "train_loss.png", "dead_fraction.png",
-                            "final_test_accuracy_vs_optim.learning_rate.png"])
-    for p in paths:
+    names = [p.name for p in paths]
+    assert sorted(names[:-1]) == sorted(["test_accuracy.png", "train_loss.png",
+                                         "dead_fraction.png",
+                                         "final_test_accuracy_vs_optim.learning_rate.png"])
+    assert names[-1] == "index.html"
+    for p in paths[:-1]:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
     assert not [p for p in (tmp_path / "figs").iterdir() if p.name.startswith(".")]
+    assert figures.default_figures(workdir, tmp_path / "bare", index=False)[-1].suffix == ".png"
+
+
+class IndexParser(HTMLParser):
+    """What a reader of index.html sees: images, links, headings, captions,
+    the summary table (cell texts and data-value attributes) and every tag."""
+
+    def __init__(self):
+        super().__init__()  # convert_charrefs: texts and attributes come unescaped
+        self.tags, self.imgs, self.links, self.h2, self.captions = set(), [], [], [], []
+        self.header, self.rows = [], []
+        self._open, self._text, self._attrs, self._row = None, [], {}, None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.add(tag)
+        if tag == "img":
+            self.imgs.append(urllib.parse.unquote(attrs["src"]))
+        elif tag == "a":
+            self.links.append(urllib.parse.unquote(attrs["href"]))
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("h2", "figcaption", "th", "td"):
+            self._open, self._text, self._attrs = tag, [], attrs
+
+    def handle_data(self, data):
+        if self._open:
+            self._text.append(data)
+
+    def handle_endtag(self, tag):
+        if tag == self._open:
+            text = "".join(self._text)
+            if tag == "h2":
+                self.h2.append(text)
+            elif tag == "figcaption":
+                self.captions.append(text)
+            elif tag == "th":
+                self.header.append(text)
+            else:
+                self._row.append((text, self._attrs.get("data-value")))
+            self._open = None
+        elif tag == "tr" and self._row:
+            self.rows.append(self._row)
+            self._row = None
+
+
+def parse_index(path):
+    parser = IndexParser()
+    parser.feed(Path(path).read_text(encoding="utf-8"))
+    parser.close()
+    return parser
+
+
+def assert_self_contained(text):
+    for needle in ("<script", "<link", "http://", "https://", "src=\"//", "@import", "url("):
+        assert needle not in text, needle
+
+
+def test_index_lists_every_file_and_the_last_rows(workdir, frame, tmp_path):
+    out = tmp_path / "figs"
+    paths = figures.default_figures(workdir, out, formats=("png", "pdf", "svg"))
+    index = paths[-1]
+    assert index == out / "index.html"
+    files = paths[:-1]
+    assert len(files) == 4 * 3
+    page = parse_index(index)
+    assert_self_contained(index.read_text(encoding="utf-8"))
+    # every written file is linked, only those, and each link resolves
+    assert sorted(set(page.links)) == sorted(p.name for p in files)
+    assert all((out / link).is_file() for link in page.links)
+    assert page.imgs == [p.name for p in files if p.suffix == ".png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)
+    # each figure with its title and caption
+    assert page.h2[:4] == ["test/accuracy", "train/loss",
+                           "dead_fraction/layer_0 · dead_fraction/layer_1 · dead_fraction/all",
+                           "final test/accuracy vs optim.learning_rate"]
+    assert all("line: mean over seeds; band: min–max over seeds" in c for c in page.captions)
+    assert "φ'(z_j(x)) = 0 on every probe input" in page.captions[2]
+    # the summary: one row per point at its last step, numbers as in the table
+    metrics = ["test/accuracy", "train/loss", "dead_fraction/all"]
+    assert page.header == ["point", "seed", "model.activation", "optim.learning_rate",
+                           "step", *metrics]
+    last = frame[frame["step"] == frame.groupby("point")["step"].transform("max")]
+    last = last.sort_values("point")
+    assert len(page.rows) == len(last) == len(LRS) * len(SEEDS)
+    for row, (_, want) in zip(page.rows, last.iterrows()):
+        cells = dict(zip(page.header, row))
+        assert cells["point"][0] == want["point"] and cells["model.activation"][0] == "relu"
+        assert int(cells["step"][1]) == STEPS[-1]
+        lr, seed = float(cells["optim.learning_rate"][1]), int(cells["seed"][1])
+        assert (lr, seed) == (want["optim.learning_rate"], want["seed"])
+        assert float(cells["test/accuracy"][1]) == accuracy(lr, seed, STEPS[-1])
+        assert float(cells["train/loss"][1]) == loss(lr, seed, STEPS[-1])
+        for m in metrics:
+            text, exact = cells[m]
+            assert float(exact) == want[m]                       # exact value
+            assert float(text) == float(f"{want[m]:.6g}")        # shown to 6 digits
+
+
+def test_index_escapes_text_and_takes_each_points_own_last_step(frame, tmp_path):
+    odd = frame.copy()
+    odd["model.activation"] = '<b>"relu" & co</b>'
+    odd = odd[~((odd["point"] == "p01") & (odd["step"] == STEPS[-1]))]  # p01 stopped early
+    odd.loc[odd["point"] == "p10", "train/loss"] = np.inf
+    fig_path = tmp_path / "a&b c.png"
+    fig_path.write_bytes(b"png")
+    entry = figures.FigureFiles("<script>alert(1)</script>", "x < y & z", (fig_path,))
+    text = figures.index_html([entry], odd, base=tmp_path, title="<i>t</i>")
+    assert_self_contained(text)
+    parser = IndexParser()
+    parser.feed(text)
+    assert "script" not in parser.tags and "b" not in parser.tags and "i" not in parser.tags
+    assert parser.h2[0] == "<script>alert(1)</script>" and parser.captions == ["x < y & z"]
+    assert parser.imgs == ["a&b c.png"] and parser.links == ["a&b c.png", "a&b c.png"]
+    cells = {row[0][0]: dict(zip(parser.header, row)) for row in parser.rows}
+    assert cells["p00"]["model.activation"][0] == '<b>"relu" & co</b>'
+    assert cells["p01"]["step"][0] == str(STEPS[-2])
+    assert float(cells["p01"]["test/accuracy"][1]) == accuracy(LRS[0], 1, STEPS[-2])
+    assert cells["p10"]["train/loss"] == ("inf", "inf")
 
 
 def grid_frame(activations, lrs, seeds=SEEDS, steps=STEPS):
@@ -316,3 +439,4 @@ def test_save_writes_each_format_atomically_with_embedded_fonts(frame, tmp_path)
     assert figures.save_png(fig, tmp_path / "plain").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="'gif' are not supported; choose from png, pdf, svg"):
         figures.save(fig, tmp_path / "x", formats=("png", "gif"))
+
