@@ -440,3 +440,19 @@ def test_save_writes_each_format_atomically_with_embedded_fonts(frame, tmp_path)
     with pytest.raises(ValueError, match="'gif' are not supported; choose from png, pdf, svg"):
         figures.save(fig, tmp_path / "x", formats=("png", "gif"))
 
+
+def test_cli_formats_and_index(workdir, tmp_path):
+    bad = run_cli("--workdir", str(workdir), "--out", str(tmp_path / "bad"), "--format", "png,gif")
+    assert bad.returncode == 2 and "'gif' are not supported; choose from png, pdf, svg" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    done = run_cli("--workdir", str(workdir), "--out", str(tmp_path / "o"),
+                   "--format", "pdf, svg", "--metric", "dead_fraction/layer_0")
+    assert done.returncode == 0, done.stderr
+    printed = [Path(line) for line in done.stdout.split()]
+    assert printed[-1].name == "index.html"
+    assert {p.suffix for p in printed[:-1]} == {".pdf", ".svg"}
+    assert {"dead_fraction_layer_0.pdf", "dead_fraction_layer_0.svg"} <= {p.name for p in printed}
+    page = parse_index(tmp_path / "o" / "index.html")
+    assert sorted(set(page.links)) == sorted(p.name for p in printed[:-1])
+    assert page.imgs == [p.name for p in printed if p.suffix == ".svg"]  # SVG shown without PNG
+    assert "dead_fraction/layer_0" in page.h2
