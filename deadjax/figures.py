@@ -16,6 +16,12 @@ Aggregation, stated on every figure that uses it:
 
 Non-finite values (a diverged member's ``inf``/``NaN`` loss, the ``NaN`` of
 ``update_ratio`` at step 0) are left out of means and bands at that step.
+
+Legends sit beside the axes, never over data (:func:`_legend`). Writing is
+separate from drawing: :func:`save` writes a figure as PNG, PDF (fonts
+embedded) and/or SVG, each atomically; :func:`default_figures` writes the
+default set and ``index.html`` (:func:`write_index`), which shows every
+figure with its caption and :func:`summary_table`.
 """
 
 from __future__ import annotations
@@ -559,7 +565,7 @@ def figure_text(fig: Figure, default: str = "") -> tuple[str, str]:
     axes joined by " · " (else its suptitle, else ``default``), and its
     caption lines unwrapped, after the suptitle when the title did not use it."""
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
-    suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    suptitle = fig.get_suptitle()
     title = " · ".join(titles) or suptitle or default
     parts = [suptitle] if titles and suptitle else []
     parts += [" ".join(t.get_text().split()) for t in fig.texts if t.get_gid() == "caption"]
