@@ -16,19 +16,31 @@ Aggregation, stated on every figure that uses it:
 
 Non-finite values (a diverged member's ``inf``/``NaN`` loss, the ``NaN`` of
 ``update_ratio`` at step 0) are left out of means and bands at that step.
+
+Legends sit beside the axes, never over data (:func:`_legend`). Writing is
+separate from drawing: :func:`save` writes a figure as PNG, PDF (fonts
+embedded) and/or SVG, each atomically; :func:`default_figures` writes the
+default set and ``index.html`` (:func:`write_index`), which shows every
+figure with its caption and :func:`summary_table`.
 """
 
 from __future__ import annotations
 
+import html
 import io
 import math
+import os
 import re
 import textwrap
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib import transforms as mtransforms
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -40,6 +52,9 @@ DEAD_DEFINITION = ("dead unit: φ'(z_j(x)) = 0 on every probe input x "
                    "(|φ'| ≤ θ·max|φ'| for diagnostics.dead_threshold θ > 0)")
 FINAL_TEXT = "final = value at each point's last evaluated step"
 _MAX_LEGEND = 12
+_LEGEND_WIDTH = 28  # characters per legend line
+_GAP_PT = 6.0  # between the axes and a legend beside them
+_PAD_PX = 4.0  # kept free at the figure's edge
 
 
 # ---------------------------------------------------------------------------
@@ -154,17 +169,75 @@ def _caption(fig: Figure, text: str) -> None:
     """Small text under the axes, wrapped to the figure's width."""
     width = int(fig.get_figwidth() * 20)  # x-small characters per inch, roughly
     lines = textwrap.wrap(text, width)
-    fig.text(0.01, 0.005, "\n".join(lines), fontsize="x-small", va="bottom")
-    bottom = (0.13 * len(lines) + 0.05) / fig.get_figheight()  # inches of text -> fraction
-    fig.get_layout_engine().set(rect=(0, bottom, 1, 1 - bottom))
+    fig.text(0.01, 0.005, "\n".join(lines), fontsize="x-small", va="bottom", gid="caption")
+    _reserve_layout(fig)
+
+
+def _reserve_layout(fig: Figure) -> None:
+    """Sets the layout's rectangle: above the caption and left of the strip
+    that the outside legends (:func:`_legend`) need; again after a resize."""
+    lines = sum(t.get_text().count("\n") + 1 for t in fig.texts if t.get_gid() == "caption")
+    bottom = (0.13 * lines + 0.05) / fig.get_figheight() if lines else 0.0  # inches -> fraction
+    outside = _outside_artists(fig)
+    widths = [a.get_window_extent(fig.canvas.get_renderer()).width for a in outside]
+    strip = (max(widths) + _GAP_PT * fig.dpi / 72 + _PAD_PX) / fig.bbox.width if widths else 0.0
+    fig.get_layout_engine().set(rect=(0, bottom, 1 - strip, 1 - bottom))
+
+
+def _outside_artists(fig: Figure) -> list:
+    """The legends and legend notes that :func:`_legend` put beside the axes."""
+    found = []
+    for ax in fig.axes:
+        for artist in [ax.get_legend(), *ax.texts]:
+            if artist is not None and artist.get_gid() == "legend":
+                found.append(artist)
+    return found
 
 
 def _legend(ax, count: int) -> None:
+    """The legend of ``ax`` outside its data area, so that no line, band or
+    marker can lie under it: beside the axes on the right, top-aligned, in a
+    strip of the figure that the layout keeps free for it (the axes get
+    narrower, the figure keeps its width unless the legend would take more
+    than half of it). A legend taller than the panels makes the figure taller
+    until it fits above the caption, so nothing is cut off either. Long
+    labels wrap at ``_LEGEND_WIDTH`` characters. Beyond ``_MAX_LEGEND`` lines
+    a note in the same place says how many there are. Call it last: the fit
+    measures the finished figure."""
+    fig = ax.figure
     if count <= _MAX_LEGEND:
-        ax.legend(fontsize="small", loc="best")
+        handles, labels = ax.get_legend_handles_labels()
+        if not handles:
+            return
+        wrapped = [textwrap.fill(l, _LEGEND_WIDTH, break_long_words=False,
+                                 break_on_hyphens=False) for l in labels]
+        # Offset in points from the axes' corner, not a fraction of the axes
+        # width: a gap that scaled with the axes would move on every draw.
+        corner = mtransforms.offset_copy(ax.transAxes, fig=fig, x=_GAP_PT, y=0.0,
+                                         units="points")
+        artist = ax.legend(handles, wrapped, fontsize="small", loc="upper left",
+                           bbox_to_anchor=(1.0, 1.0), bbox_transform=corner,
+                           borderaxespad=0.0)
     else:
-        ax.text(0.99, 0.01, f"{count} lines (legend omitted)", transform=ax.transAxes,
-                ha="right", va="bottom", fontsize="small")
+        artist = ax.annotate(f"{count} lines\n(legend omitted)", (1.0, 1.0),
+                             xycoords="axes fraction", xytext=(_GAP_PT, 0.0),
+                             textcoords="offset points", ha="left", va="top",
+                             fontsize="small")
+    artist.set_gid("legend")
+    artist.set_in_layout(False)  # its room is the strip _reserve_layout keeps free
+    renderer = fig.canvas.get_renderer()
+    need = artist.get_window_extent(renderer).width + _GAP_PT * fig.dpi / 72 + _PAD_PX
+    if need > 0.5 * fig.bbox.width:
+        fig.set_figwidth(2 * need / fig.dpi)
+    for _ in range(4):
+        _reserve_layout(fig)
+        fig.draw_without_rendering()
+        floor = fig.get_layout_engine().get()["rect"][1] * fig.bbox.height
+        short = floor + _PAD_PX - artist.get_window_extent(renderer).y0
+        if short <= 0:
+            return
+        # the panels grow with the figure, the legend (sized by its fonts) does not
+        fig.set_figheight(fig.get_figheight() + short / fig.dpi)
 
 
 def _aggregation_caption(frame: pd.DataFrame, fields: Sequence[str]) -> str:
@@ -217,7 +290,7 @@ def metric_curves(frame: pd.DataFrame, metric: str, *, by: Sequence[str] | None 
                            f"swept: {', '.join(swept_fields(frame)) or '(none)'}.")
         groups = aggregate(frame, metric, "step", fields)
         _draw_bands(ax, groups, fields)
-        _legend(ax, len(groups))
+        count = len(groups)
         _caption(fig, _aggregation_caption(frame, fields))
     else:
         fields = configuration_fields(frame) + (["seed"] if "seed" in frame.columns else [])
@@ -227,12 +300,13 @@ def metric_curves(frame: pd.DataFrame, metric: str, *, by: Sequence[str] | None 
             label = ", ".join([str(point)] + [f"{n}={_fmt(v)}" for n, v in
                                               zip(_short_names(fields), key)])
             ax.plot(sub["step"], sub[metric].astype(float), label=label, gid="point")
-        _legend(ax, points.ngroups)
+        count = points.ngroups
         _caption(fig, "one line per point (no aggregation)")
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     ax.set_title(metric)
     ax.grid(alpha=0.3)
+    _legend(ax, count)
     return fig
 
 
@@ -275,9 +349,9 @@ def dead_fraction_by_layer(frame: pd.DataFrame) -> Figure:
         ax.set_ylabel("dead fraction")
     for ax in axes[-ncols:]:
         ax.set_xlabel("step")
-    _legend(axes[0], groups_count)
     fig.suptitle(DEAD_DEFINITION, fontsize="small")
     _caption(fig, _aggregation_caption(frame, fields))
+    _legend(axes[ncols - 1], groups_count)  # the top-right panel: the legend goes on its right
     return fig
 
 
@@ -300,12 +374,12 @@ def final_vs_hyperparameter(frame: pd.DataFrame, metric: str, field: str) -> Fig
     _draw_bands(ax, groups, fields, markers=True)
     if _use_log_x(field, last[field]):
         ax.set_xscale("log")
-    _legend(ax, len(groups))
     ax.set_xlabel(field)
     ax.set_ylabel(f"final {metric}")
     ax.set_title(f"final {metric} vs {field}")
     ax.grid(alpha=0.3)
     _caption(fig, f"{FINAL_TEXT}; {_aggregation_caption(frame, fields + [field])}")
+    _legend(ax, len(groups))
     return fig
 
 
@@ -313,21 +387,79 @@ def final_vs_hyperparameter(frame: pd.DataFrame, metric: str, field: str) -> Fig
 # The default set
 # ---------------------------------------------------------------------------
 
+FORMATS = ("png", "pdf", "svg")
+# Vector output a paper can use: TrueType (Type 42) fonts embedded in PDFs, so
+# journals' checks pass and text stays selectable; SVG text as paths, so it
+# looks the same without the fonts installed. No dates and a fixed hash salt:
+# the same figure gives the same bytes on every run (diffs stay quiet).
+_VECTOR_RC = {"pdf.fonttype": 42, "svg.fonttype": "path", "svg.hashsalt": "deadjax"}
+_VECTOR_METADATA = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
+
+
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """``formats`` lower-cased, duplicates dropped; ``ValueError`` with one
+    sentence for an empty list or a format other than png, pdf, svg."""
+    out = tuple(dict.fromkeys(str(f).strip().lower() for f in formats))
+    unknown = [f for f in out if f not in FORMATS]
+    if unknown or not out:
+        raise ValueError(f"figure formats {', '.join(map(repr, unknown)) or '(none)'} "
+                         f"are not supported; choose from {', '.join(FORMATS)}.")
+    return out
+
+
+def render(fig: Figure, fmt: str, colors: int | None = None) -> bytes:
+    """The bytes of ``fig`` as ``fmt`` (png at :data:`DPI`; pdf with embedded
+    TrueType fonts, ``pdf.fonttype`` 42; svg with text as paths). The rc
+    settings hold only for this save (``rc_context``), so no global state
+    changes. ``colors`` reduces a PNG to that many palette colours."""
+    (fmt,) = check_formats([fmt])
+    buf = io.BytesIO()
+    if fmt == "png":
+        fig.savefig(buf, format="png", dpi=DPI)
+        if colors:
+            from PIL import Image  # matplotlib's own dependency
+            image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+            buf = io.BytesIO()
+            image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(
+                buf, format="PNG", optimize=True)
+    else:
+        with matplotlib.rc_context(_VECTOR_RC):
+            fig.savefig(buf, format=fmt, dpi=DPI, metadata=_VECTOR_METADATA[fmt])
+    return buf.getvalue()
+
+
 def save_png(fig: Figure, path, colors: int | None = None) -> Path:
-    """Writes ``fig`` as PNG through a temporary file and a rename;
+    """Writes ``fig`` as PNG to ``path`` through a temporary file and a rename;
     ``colors``: reduced to that many palette colours (a busy figure with
     hundreds of anti-aliased lines shrinks ~3x, for figures kept in git)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    if colors:
-        from PIL import Image  # matplotlib's own dependency
-        image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-        buf = io.BytesIO()
-        image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(
-            buf, format="PNG", optimize=True)
     path = Path(path)
-    results.atomic_write_bytes(path, buf.getvalue())
+    results.atomic_write_bytes(path, render(fig, "png", colors))
     return path
+
+
+def format_path(path, fmt: str) -> Path:
+    """``path`` with the suffix of ``fmt``: a known figure suffix (.png, .pdf,
+    .svg) is replaced, anything else kept (``final_x_vs_optim.learning_rate``
+    -> ``final_x_vs_optim.learning_rate.pdf``)."""
+    path = Path(path)
+    if path.suffix.lower().lstrip(".") in FORMATS:
+        path = path.with_suffix("")
+    return path.with_name(f"{path.name}.{fmt}")
+
+
+def save(fig: Figure, path, formats: Sequence[str] = ("png",),
+         colors: int | None = None) -> list[Path]:
+    """Writes ``fig`` once per format beside ``path`` (``out/test_accuracy.png``
+    or ``out/test_accuracy`` -> ``out/test_accuracy.png``, ``.pdf``, ``.svg``),
+    each through a temporary file and a rename, and returns the paths in the
+    order of ``formats``. See :func:`render` for what each format holds;
+    ``colors`` applies to the PNG only."""
+    written = []
+    for fmt in check_formats(formats):
+        target = format_path(path, fmt)
+        results.atomic_write_bytes(target, render(fig, fmt, colors))
+        written.append(target)
+    return written
 
 
 def file_stem(name: str) -> str:
@@ -357,27 +489,194 @@ def numeric_swept_fields(frame: pd.DataFrame) -> list[str]:
     return out
 
 
-def default_figures(workdir, out_dir=None) -> list[Path]:
-    """Writes the figures a researcher wants first and returns their paths.
+def default_set(frame: pd.DataFrame, metrics: Sequence[str] = ()) -> list[tuple[str, Figure]]:
+    """The figures a researcher wants first, as ``(file stem, Figure)`` pairs,
+    without writing anything.
 
-    ``<headline>.png`` (test/accuracy, else the first of val/accuracy,
-    train/accuracy, test/loss), ``train_loss.png``, ``dead_fraction.png`` when
-    ``dead_fraction/*`` columns exist, and ``final_<headline>_vs_<field>.png``
-    per numeric swept field other than seed with more than one value.
-    ``out_dir`` defaults to ``workdir/figures``.
+    ``<headline>`` (test/accuracy, else the first of val/accuracy,
+    train/accuracy, test/loss), ``train_loss``, ``dead_fraction`` when
+    ``dead_fraction/*`` columns exist, ``final_<headline>_vs_<field>`` per
+    numeric swept field other than seed with more than one value, then one
+    curve per extra metric of ``metrics`` not drawn already.
     """
-    frame = results.load_results(workdir)
-    out = Path(out_dir) if out_dir is not None else Path(workdir) / "figures"
-    written = []
+    for metric in metrics:
+        check_metric(frame, metric)
     headline = headline_metric(frame)
-    curves = [m for m in (headline, "train/loss") if m is not None]
+    drawn = []
+    curves = [m for m in (headline, "train/loss") if m is not None and m in frame.columns]
     for metric in dict.fromkeys(curves):
-        written.append(save_png(metric_curves(frame, metric), out / f"{file_stem(metric)}.png"))
+        drawn.append((file_stem(metric), metric_curves(frame, metric)))
     if _layer_columns(frame):
-        written.append(save_png(dead_fraction_by_layer(frame), out / "dead_fraction.png"))
+        drawn.append(("dead_fraction", dead_fraction_by_layer(frame)))
     if headline is not None:
         for field in numeric_swept_fields(frame):
-            name = f"final_{file_stem(headline)}_vs_{file_stem(field)}.png"
-            written.append(save_png(final_vs_hyperparameter(frame, headline, field),
-                                    out / name))
+            drawn.append((f"final_{file_stem(headline)}_vs_{file_stem(field)}",
+                          final_vs_hyperparameter(frame, headline, field)))
+    for metric in dict.fromkeys(metrics):
+        if metric not in curves:
+            drawn.append((file_stem(metric), metric_curves(frame, metric)))
+    return drawn
+
+
+def default_figures(workdir, out_dir=None, *, formats: Sequence[str] = ("png",),
+                    metrics: Sequence[str] = (), index: bool = True) -> list[Path]:
+    """Writes :func:`default_set` (plus one curve per extra metric of
+    ``metrics``) into ``out_dir`` (default ``workdir/figures``), one file per
+    format of ``formats`` (png, pdf, svg), then, with ``index``, ``index.html``
+    (:func:`write_index`), and returns the paths written, the index last.
+    Unknown formats or metrics stop before anything is written.
+    """
+    frame = results.load_results(workdir)
+    formats = check_formats(formats)
+    drawn = default_set(frame, metrics)  # draws (and checks metrics) before writing
+    out = Path(out_dir) if out_dir is not None else Path(workdir) / "figures"
+    written, entries = [], []
+    for stem, fig in drawn:
+        paths = save(fig, out / stem, formats)
+        written += paths
+        entries.append(FigureFiles(*figure_text(fig, stem), tuple(paths)))
+    if index:
+        source = Path(workdir) / results.RESULTS
+        written.append(write_index(out, entries, frame,
+                                   title=f"Figures of {Path(workdir).resolve().name}",
+                                   source=str(source)))
     return written
+
+
+# ---------------------------------------------------------------------------
+# index.html: every figure written, with its caption, and the summary table
+# ---------------------------------------------------------------------------
+
+SUMMARY_METRICS = ("test/accuracy", "test/loss", "train/loss", "dead_fraction/all",
+                   "diverged")
+
+
+@dataclass(frozen=True)
+class FigureFiles:
+    """One figure as the index shows it: its title, its caption and the files
+    written for it (one per format)."""
+    title: str
+    caption: str
+    paths: tuple[Path, ...]
+
+
+def figure_text(fig: Figure, default: str = "") -> tuple[str, str]:
+    """``(title, caption)`` of a figure drawn here: the titles of its visible
+    axes joined by " · " (else its suptitle, else ``default``), and its
+    caption lines unwrapped, after the suptitle when the title did not use it."""
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    suptitle = fig.get_suptitle()
+    title = " · ".join(titles) or suptitle or default
+    parts = [suptitle] if titles and suptitle else []
+    parts += [" ".join(t.get_text().split()) for t in fig.texts if t.get_gid() == "caption"]
+    return title, ". ".join(parts)
+
+
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per point at its last evaluated step (:func:`final_rows`):
+    ``point``, the swept fields, ``step``, then the headline metric and those
+    of :data:`SUMMARY_METRICS` that the table has."""
+    metrics = [m for m in dict.fromkeys([headline_metric(frame), *SUMMARY_METRICS])
+               if m is not None and m in frame.columns]
+    columns = ["point", *swept_fields(frame), "step", *metrics]
+    return final_rows(frame)[columns].reset_index(drop=True)
+
+
+def _html_cell(value) -> tuple[str, str | None]:
+    """(text shown, exact value for ``data-value``) of one table cell. Floats
+    show 6 significant digits; ``data-value`` holds their shortest exact repr."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)), None
+    if isinstance(value, (int, np.integer)):
+        return str(int(value)), str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return (f"{v:.6g}" if math.isfinite(v) else repr(v)), repr(v)
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "", None
+    return str(value), None
+
+
+_INDEX_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
+       padding: 0 1em; color: #222; }
+figure { margin: 2em 0; border-top: 1px solid #ddd; padding-top: 1em; }
+figure img { max-width: 100%; height: auto; }
+figcaption { font-size: 0.9em; color: #444; }
+.files a { margin-right: 0.8em; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; }
+th { background: #f4f4f4; position: sticky; top: 0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.scroll { overflow-x: auto; }
+"""
+
+
+def _href(path: Path, base: Path) -> str:
+    rel = Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()
+    return html.escape(urllib.parse.quote(rel), quote=True)
+
+
+def index_html(entries: Sequence[FigureFiles], frame: pd.DataFrame, *, base: Path,
+               title: str = "Figures", source: str = "") -> str:
+    """The text of ``index.html``: every figure of ``entries`` (a PNG shown as
+    ``<img>``, else an SVG; every file linked by its format), its title and
+    caption, then :func:`summary_table`. Self-contained (inline CSS, no script,
+    nothing fetched from the network); file links are relative to ``base``;
+    every text is escaped with ``html.escape``."""
+    e = lambda text: html.escape(str(text), quote=True)  # noqa: E731
+    table = summary_table(frame)
+    steps = frame["step"]
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           f"<title>{e(title)}</title>", f"<style>{_INDEX_CSS}</style>", "</head>", "<body>",
+           f"<h1>{e(title)}</h1>",
+           f"<p>{frame['point'].nunique()} points, {len(frame)} rows, steps "
+           f"{int(steps.min())}–{int(steps.max())}"
+           + (f"; drawn from <code>{e(source)}</code>" if source else "") + ".</p>"]
+    out.append('<section id="figures">')
+    for entry in entries:
+        by_format = {p.suffix.lstrip(".").lower(): p for p in entry.paths}
+        shown = by_format.get("png") or by_format.get("svg")
+        out.append("<figure>")
+        out.append(f"<h2>{e(entry.title)}</h2>")
+        if shown is not None:
+            out.append(f'<a href="{_href(shown, base)}"><img src="{_href(shown, base)}" '
+                       f'alt="{e(entry.title)}"></a>')
+        out.append(f"<figcaption>{e(entry.caption)}</figcaption>")
+        links = " ".join(f'<a href="{_href(p, base)}">{e(fmt.upper())}</a>'
+                         for fmt, p in by_format.items())
+        out.append(f'<p class="files">files: {links}</p>')
+        out.append("</figure>")
+    out.append("</section>")
+    out.append('<section id="summary">')
+    out.append("<h2>Summary: each point at its last evaluated step</h2>")
+    out.append('<div class="scroll"><table>')
+    out.append("<thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in table.columns)
+               + "</tr></thead>")
+    out.append("<tbody>")
+    for row in table.itertuples(index=False, name=None):
+        cells = []
+        for value in row:
+            text, exact = _html_cell(value)
+            if exact is None:
+                cells.append(f"<td>{e(text)}</td>")
+            else:
+                cells.append(f'<td class="num" data-value="{e(exact)}">{e(text)}</td>')
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table></div>")
+    out.append("<p>Floats show 6 significant digits; each number cell's "
+               "<code>data-value</code> attribute holds its exact value.</p>")
+    out.append("</section>")
+    out += ["</body>", "</html>", ""]
+    return "\n".join(out)
+
+
+def write_index(out_dir, entries: Sequence[FigureFiles], frame: pd.DataFrame, *,
+                title: str = "Figures", source: str = "") -> Path:
+    """Writes :func:`index_html` to ``out_dir/index.html`` through a temporary
+    file and a rename, and returns its path."""
+    path = Path(out_dir) / "index.html"
+    results.atomic_write_text(path, index_html(entries, frame, base=Path(out_dir),
+                                               title=title, source=source))
+    return path
