@@ -114,61 +114,45 @@ def leaf_paths(tree) -> list[tuple[str, Any]]:
     return [("/".join(_key_name(k) for k in path), leaf) for path, leaf in flat]
 
 
-def _as_saved(template, saved_fields):
-    """The restore target for a checkpoint whose top-level fields are
-    ``saved_fields``: a dataclass becomes the dict of its fields, without
-    those that hold no array and are not on disk -- a field added after the
-    checkpoint was written (``MemberState.interventions`` is ``{}`` without an
-    intervention), so such checkpoints still restore."""
-    if dataclasses.is_dataclass(template) and not isinstance(template, type):
-        return {f.name: getattr(template, f.name) for f in dataclasses.fields(template)
-                if f.name in saved_fields or jax.tree.leaves(getattr(template, f.name))}
-    return template
+# Top-level fields of a state a checkpoint may lack entries of, or hold
+# entries in excess of, the template: the per-member hyperparameters (a pure
+# function of the points' configs) and the diagnostic families' carries (a
+# family added, chosen or dropped since the checkpoint was written). Missing
+# entries come from the template (the configs' values; the families' initial
+# carries), excess ones are left out. Every other leaf must match.
+ADAPTABLE = ("hparams", "carry")
 
 
-def _saved_fields(step_dir: Path) -> set:
-    """The top-level keys of the state saved in ``step_dir``, from Orbax's metadata."""
-    meta = ocp.StandardCheckpointHandler().metadata(step_dir / STATE)
-    return set(getattr(meta, "tree", meta))
+def _adaptable(path: str) -> bool:
+    return path.split("/", 1)[0] in ADAPTABLE
 
 
-def _from_saved(stored, template):
-    """The inverse of :func:`_as_saved`, with ``template``'s structure."""
-    if dataclasses.is_dataclass(template) and not isinstance(template, type):
-        return dataclasses.replace(template, **stored)
-    return stored
-
-
-# Top-level fields of a state whose entries are a pure function of the
-# points' configs: an entry the checkpoint lacks (a per-member hyperparameter
-# added after it was written) is taken from the template, which holds the
-# values the config gives.
-RECOMPUTABLE = ("hparams",)
-
-
-def _without_recomputable(template, saved_leaves: set):
-    """``(template without the recomputable entries the checkpoint lacks,
-    {field: {key: template value}} of those entries)``."""
-    if not (dataclasses.is_dataclass(template) and not isinstance(template, type)):
-        return template, {}
-    taken, changes = {}, {}
-    for name in RECOMPUTABLE:
-        entries = getattr(template, name, None)
-        if not isinstance(entries, dict):
+def _fill(template, saved: dict, where: Path):
+    """``template``'s structure with every leaf from ``saved`` (leaf path ->
+    array, the checkpoint as stored); raises :class:`_TemplateMismatch` when
+    they differ in anything but :data:`ADAPTABLE` entries or in a shape or
+    dtype (the member axis aside)."""
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    paths = [p for p, _ in leaf_paths(template)]
+    differ = sorted(p for p in set(paths) ^ set(saved) if not _adaptable(p))
+    if differ:
+        raise _TemplateMismatch(
+            f"the template does not fit checkpoint {where}: leaf {differ[0]!r} is in "
+            f"{'the template' if differ[0] in paths else 'the checkpoint'} only "
+            f"({len(differ)} leaves differ); was the model or optimiser config changed?")
+    out = []
+    for p, t in zip(paths, leaves):
+        if p not in saved:
+            out.append(t)
             continue
-        absent = {k: v for k, v in entries.items() if f"{name}/{k}" not in saved_leaves}
-        if absent:
-            taken[name] = absent
-            changes[name] = {k: v for k, v in entries.items() if k not in absent}
-    return (dataclasses.replace(template, **changes) if changes else template), taken
-
-
-def _with_recomputable(state, taken: dict):
-    """``state`` with the entries :func:`_without_recomputable` took out."""
-    if not taken:
-        return state
-    return dataclasses.replace(state, **{name: {**getattr(state, name), **absent}
-                                         for name, absent in taken.items()})
+        a = saved[p]
+        if tuple(np.shape(a))[1:] != tuple(np.shape(t))[1:] or np.dtype(a.dtype) != np.dtype(t.dtype):
+            raise _TemplateMismatch(
+                f"the template does not fit checkpoint {where}: leaf {p!r} is "
+                f"{np.dtype(t.dtype)}{list(np.shape(t))[1:]} per member in the template but "
+                f"{np.dtype(a.dtype)}{list(np.shape(a))[1:]} in the checkpoint.")
+        out.append(a)
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def _crc32(a: np.ndarray) -> int:
@@ -263,11 +247,36 @@ def _ordered(tree):
 
 def _manager(directory: Path, *, max_to_keep=None, read_only=False,
              asynchronous=True) -> ocp.CheckpointManager:
+    # Orbax would remove unfinished saves in a background thread of every
+    # manager it opens, and two managers opened one after the other on the
+    # same folder then race to delete the same directory; a writer removes
+    # them itself, before opening (remove_unfinished_saves).
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-        enable_async_checkpointing=asynchronous,
-        cleanup_tmp_directories=not read_only)
+        enable_async_checkpointing=asynchronous, cleanup_tmp_directories=False)
     return ocp.CheckpointManager(directory, options=options)
+
+
+def remove_unfinished_saves(directory: Path) -> list[Path]:
+    """Removes the temporary folders of saves a kill cut short (Orbax's
+    ``<step>.orbax-checkpoint-tmp*``, never listed as steps); returns them."""
+    directory = Path(directory)
+    found = sorted(directory.glob("*.orbax-checkpoint-tmp*")) if directory.is_dir() else []
+    for tmp in found:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return found
+
+
+def latest_step(workdir, group_id: str, chunk: int) -> int | None:
+    """The newest finalised checkpoint step of a chunk (read only), or None."""
+    directory = checkpoint_dir(workdir, group_id, chunk)
+    if not directory.is_dir():
+        return None
+    manager = _manager(directory, read_only=True, asynchronous=False)
+    try:
+        return manager.latest_step()
+    finally:
+        manager.close()
 
 
 def _restore_metadata(manager, step: int) -> dict:
@@ -331,6 +340,7 @@ class ChunkCheckpointer:
         self.group_id = str(group_id)
         self.chunk = int(chunk)
         self.directory = checkpoint_dir(self.workdir, self.group_id, self.chunk)
+        remove_unfinished_saves(self.directory)
         self._manager = _manager(self.directory, max_to_keep=max_to_keep,
                                  asynchronous=asynchronous)
 
@@ -400,10 +410,11 @@ class ChunkCheckpointer:
         the checkpoint holds them in another order or among others, their
         rows are selected; a point the checkpoint lacks is a ValueError.
 
-        Recomputable entries (:data:`RECOMPUTABLE`: per-member
-        hyperparameters, a pure function of the configs) that the checkpoint
-        lacks, e.g. a hyperparameter added after it was written, come from
-        ``template``, which must then hold their values.
+        Adaptable entries (:data:`ADAPTABLE`: per-member hyperparameters and
+        the diagnostic families' carries) that the checkpoint lacks, e.g. a
+        hyperparameter added after it was written, come from ``template``,
+        which must then hold their values (the fresh initialisation's);
+        entries it holds in excess are left out.
 
         A step that fails to restore (a file truncated or corrupted by a
         kill or a bad disk: Orbax errors, undecodable JSON, checksum
@@ -415,33 +426,18 @@ class ChunkCheckpointer:
         """
         self._manager.wait_until_finished()
         self._manager.reload()
-        full_template = template
         for step in sorted(self._manager.all_steps(), reverse=True):
+            where = self.directory / str(step)
             try:
                 record = _restore_metadata(self._manager, step)
-                template, taken = _without_recomputable(full_template, set(record["leaves"]))
-                tpl = leaf_paths(template)
-                abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype),
-                                        template)
-                rows = _rows(record, points, self.directory / str(step))
-                n_saved = len(record["points"])
-                _check_template(tpl, record, n_saved if rows is None else len(rows),
-                                self.directory / str(step))
-                on_disk = _saved_fields(self.directory / str(step))
-                restore_abstract = jax.tree.map(
-                    lambda s: jax.ShapeDtypeStruct((n_saved,) + tuple(s.shape[1:]), s.dtype),
-                    _as_saved(abstract, set(on_disk)))
-                if record.get("collective"):
-                    restore_abstract = _on_local_device(restore_abstract)
+                rows = _rows(record, points, where)
+                # The tree as stored, whole on this process's device, then
+                # checked against its checksums and fitted into the template.
+                target = _on_local_device(_saved_abstract(where))
                 out = self._manager.restore(step, args=ocp.args.Composite(**{
-                    STATE: ocp.args.StandardRestore(restore_abstract),
-                    METADATA: ocp.args.JsonRestore()}))
-                state = _from_saved(out[STATE], template)
-                if record.get("collective"):
-                    state = jax.tree.map(
-                        lambda t, a: np.asarray(a) if isinstance(t, np.ndarray) else a,
-                        template, state)
-                _verify(state, record)
+                    STATE: ocp.args.StandardRestore(target), METADATA: ocp.args.JsonRestore()}))
+                _verify(out[STATE], record)
+                saved = dict(leaf_paths(out[STATE]))
             except _TemplateMismatch as e:
                 raise ValueError(str(e)) from None
             except Exception as e:  # noqa: BLE001 - any failure to read a step is corruption
@@ -449,9 +445,17 @@ class ChunkCheckpointer:
                 _warn_skip(self.directory, step, e, moved)
                 continue
             if rows is not None:
-                state = jax.tree.map(lambda a: a[rows], state)
-            state = _with_recomputable(state, taken)
-            return step, _place(state, full_template), record
+                saved = {p: np.asarray(a)[rows] for p, a in saved.items()}
+            n = len(record["points"]) if rows is None else len(rows)
+            n_template = np.shape(jax.tree.leaves(template)[0])[0]
+            if n != n_template:
+                raise ValueError(f"the template does not fit checkpoint {where}: it has "
+                                 f"{n_template} members but {n} are restored.")
+            try:
+                state = _fill(template, saved, where)
+            except _TemplateMismatch as e:
+                raise ValueError(str(e)) from None
+            return step, _place(state, template), record
         return None
 
     def _quarantine(self, step: int) -> Path | None:
@@ -514,30 +518,10 @@ def _rows(record: dict, points, where: Path):
     return np.asarray([saved.index(p) for p in points])
 
 
-def _check_template(tpl: list, record: dict, n_members: int, where: Path) -> None:
-    saved = record["leaves"]
-    paths = [p for p, _ in tpl]
-    if set(paths) != set(saved):
-        diff = sorted(set(paths) ^ set(saved))
-        raise _TemplateMismatch(
-            f"the template does not fit checkpoint {where}: leaf {diff[0]!r} is in "
-            f"{'the template' if diff[0] in paths else 'the checkpoint'} only "
-            f"({len(diff)} leaves differ); was the model or optimiser config changed?")
-    for p, leaf in tpl:
-        shape, dtype = tuple(np.shape(leaf)), str(np.dtype(leaf.dtype))
-        s = saved[p]
-        want = [n_members] + list(s["shape"][1:])
-        if list(shape) != want or dtype != s["dtype"]:
-            raise _TemplateMismatch(
-                f"the template does not fit checkpoint {where}: leaf {p!r} is "
-                f"{dtype}{list(shape)} in the template but {s['dtype']}{want} is needed "
-                f"({n_members} members).")
-
-
 def _place(state, template):
     def put(a, t):
         if isinstance(t, np.ndarray):
-            return a
+            return np.asarray(a)
         if isinstance(t, jax.Array):
             return jax.device_put(a, t.sharding)
         sharding = getattr(t, "sharding", None)

@@ -162,11 +162,8 @@ def _base_with(base, overrides):
 
 
 def chunk_is_finished(workdir, group, chunk_index) -> bool:
-    ckpt_dir = checkpoints.checkpoint_dir(workdir, group.id, chunk_index)
-    if not ckpt_dir.exists():
-        return False
-    with checkpoints.ChunkCheckpointer(workdir, group.id, chunk_index) as ckpt:
-        return ckpt.latest_step() == group.config.train.steps
+    """Whether the chunk's newest checkpoint is at ``train.steps`` (read only)."""
+    return checkpoints.latest_step(workdir, group.id, chunk_index) == group.config.train.steps
 
 
 def group_spec(group, dataset) -> pop_lib.GroupSpec:

@@ -95,10 +95,9 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
 
     with checkpoints.ChunkCheckpointer(workdir, group.id, chunk_index,
                                        max_to_keep=cfg.train.keep_checkpoints) as ckpt:
-        # The restore target: the checkpoint's shapes, and the hyperparameters
-        # the configs give (a checkpoint older than a hyperparameter lacks it).
-        template = jax.tree.map(lambda a: np.zeros((n,) + a.shape[1:], a.dtype), state)
-        template = template.replace(hparams={k: np.asarray(v)[:n] for k, v in hparams.items()})
+        # The restore target: the real members' initial state, whose values
+        # fill what an older checkpoint lacks (checkpoints.ADAPTABLE).
+        template = jax.tree.map(lambda a: np.asarray(a)[:n], state)
         found = ckpt.restore_latest(template, points=ids)
         start = 0
         if found is not None:
