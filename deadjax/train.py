@@ -97,7 +97,7 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
                                        max_to_keep=cfg.train.keep_checkpoints) as ckpt:
         # The restore target: the real members' initial state, whose values
         # fill what an older checkpoint lacks (checkpoints.ADAPTABLE).
-        template = jax.tree.map(lambda a: np.asarray(a)[:n], state)
+        template = jax.tree.map(lambda a: np.asarray(a)[:n], sharding.to_host(state))
         found = ckpt.restore_latest(template, points=ids)
         start = 0
         if found is not None:
