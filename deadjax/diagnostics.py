@@ -34,7 +34,8 @@ class Probe(NamedTuple):
     """What the diagnostics read of one member at an evaluation: its probe
     pass (:func:`probe_pass`), its parameters and batch statistics, and the
     trainer's carry (update ratios of the last step, dead masks at the
-    previous evaluation, whether there was one)."""
+    previous evaluation, whether there was one, and each family's own carry,
+    ``MemberState.carry``)."""
     logits: jax.Array
     cap: dict
     gparams: Any
@@ -44,6 +45,7 @@ class Probe(NamedTuple):
     update_ratio: jax.Array
     prev_dead: tuple
     has_prev: jax.Array
+    carry: dict = {}
 
 
 class Context(NamedTuple):
@@ -93,15 +95,26 @@ def _layers(ctx):
     return [(l, f"layer_{l}") for l in range(len(ctx.widths))]
 
 
-def _dead(p: Probe, ctx: Context) -> dict:
+def _dead_carry(ctx: Context) -> dict:
+    """The "dead" family's carry: the negative masks of the previous
+    evaluation and whether there was one (False until the first, and after a
+    resume from a checkpoint written before the carry existed)."""
+    return {"negative": tuple(jnp.zeros((w,), bool) for w in ctx.widths),
+            "valid": jnp.zeros((), bool)}
+
+
+def _dead(p: Probe, ctx: Context):
     """dead_fraction (phi' = 0 on every probe input, the trainer carries its
     masks for dead_persistent and revived) and negative_fraction (z <= 0 on
     every probe input, :func:`deadjax.metrics.negative_units`, the same notion
-    for ReLU and one that works for every activation)."""
+    for ReLU and one that works for every activation), with its analogues
+    negative_persistent and negative_revived from the family's carry."""
     out = {}
     total = jnp.zeros((), jnp.float32)
     negative_total = jnp.zeros((), jnp.float32)
     nan = jnp.full((), jnp.nan, jnp.float32)
+    carry = p.carry["dead"]
+    negatives = []
     for (l, where), dead in zip(_layers(ctx), dead_masks(p, ctx)):
         total = total + dead.sum()
         out[f"dead_fraction/{where}"] = metrics.layer_fraction(dead)
@@ -110,12 +123,18 @@ def _dead(p: Probe, ctx: Context) -> dict:
                                                     nan)
         out[f"revived/{where}"] = jnp.where(p.has_prev, metrics.revived(dead, prev), nan)
         negative = metrics.negative_units(p.cap["pre"][l])
+        negatives.append(negative)
         negative_total = negative_total + negative.sum()
         out[f"negative_fraction/{where}"] = metrics.layer_fraction(negative)
+        before = carry["negative"][l]
+        out[f"negative_persistent/{where}"] = jnp.where(
+            carry["valid"], metrics.persistent(negative, before), nan)
+        out[f"negative_revived/{where}"] = jnp.where(
+            carry["valid"], metrics.revived(negative, before), nan)
     if ctx.widths:
         out["dead_fraction/all"] = total / sum(ctx.widths)
         out["negative_fraction/all"] = negative_total / sum(ctx.widths)
-    return out
+    return out, {"negative": tuple(negatives), "valid": jnp.ones((), bool)}
 
 
 def _dormant(p: Probe, ctx: Context) -> dict:
@@ -245,16 +264,21 @@ class Family:
     """A family of diagnostics: ``every(probe, ctx) -> {name: scalar}`` at every
     evaluation; ``full(probe, ctx, layer, token) -> ({name: scalar}, token)``
     per hidden layer at full evaluations only (``token`` orders the linear
-    algebra, see :func:`_after`); either may be None."""
+    algebra, see :func:`_after`); either may be None. A family that carries
+    something from one evaluation to the next gives ``init_carry(ctx)`` (a
+    member's initial carry, kept in ``MemberState.carry[name]``, read as
+    ``probe.carry[name]``); its ``every`` then returns ``(scalars, new
+    carry)``, which the trainer stores when it observes the evaluation."""
     name: str
     doc: str
-    every: Callable[[Probe, Context], dict] | None = None
+    every: Callable[[Probe, Context], Any] | None = None
     full: Callable[[Probe, Context, int, Any], tuple[dict, Any]] | None = None
+    init_carry: Callable[[Context], Any] | None = None
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("dead", "dead_fraction/*, dead_persistent/*, revived/*, negative_fraction/*",
-           every=_dead),
+    Family("dead", "dead_fraction/*, dead_persistent/*, revived/*, negative_fraction/*, "
+           "negative_persistent/*, negative_revived/*", every=_dead, init_carry=_dead_carry),
     Family("dormant", "dormant_ratio_{tau:g}/*", every=_dormant),
     Family("saturation", "saturation/* (bounded activations), preact_mean/*, preact_std/*; "
            "preact_p15/p50/p85 at full evaluations", every=_saturation, full=_saturation_full),
@@ -278,13 +302,24 @@ def _chosen(ctx: Context) -> list[Family]:
     return [f for name, f in FAMILIES.items() if name in wanted]
 
 
-def measure(probe: Probe, ctx: Context) -> dict:
-    """The diagnostics of every evaluation, for one member: ``{name: scalar}``."""
+def init_carries(ctx: Context) -> dict:
+    """``MemberState.carry`` at initialisation: the chosen families' carries."""
+    return {f.name: f.init_carry(ctx) for f in _chosen(ctx) if f.init_carry is not None}
+
+
+def measure(probe: Probe, ctx: Context) -> tuple[dict, dict]:
+    """The diagnostics of every evaluation, for one member: ``({name:
+    scalar}, the families' new carries)``."""
     out: dict = {}
+    carries: dict = {}
     for fam in _chosen(ctx):
-        if fam.every is not None:
-            out.update(fam.every(probe, ctx))
-    return out
+        if fam.every is None:
+            continue
+        values = fam.every(probe, ctx)
+        if fam.init_carry is not None:
+            values, carries[fam.name] = values
+        out.update(values)
+    return out, carries
 
 
 def measure_full(probe: Probe, ctx: Context):

@@ -73,6 +73,9 @@ class MemberState:
     interventions: dict = dataclasses.field(default_factory=dict)
     # ^ interventions.Chain.init(): {} unless the group uses a remedy, else
     # "units_reset" (int32 (L,), cumulative) and each remedy's state
+    carry: dict = dataclasses.field(default_factory=dict)
+    # ^ diagnostics.init_carries(): what diagnostic families carry from one
+    # evaluation to the next, by family ({} without diagnostics)
 
 
 def float_dtype():
@@ -139,11 +142,13 @@ def hparams_of(configs: Sequence, with_remedies: bool) -> dict[str, np.ndarray]:
 
 class Evidence(NamedTuple):
     """What an evaluation found that the carry is updated from (per member):
-    whether the parameters are finite, the dead masks and whether the output
-    is constant over the probe batch (None without diagnostics)."""
+    whether the parameters are finite, the dead masks, whether the output is
+    constant over the probe batch, and the diagnostic families' new carries
+    (None without diagnostics)."""
     finite_params: jax.Array
     dead: tuple | None
     output_constant: jax.Array | None
+    carry: dict | None = None
 
 
 class Program(NamedTuple):
@@ -206,7 +211,8 @@ def make_program(spec: GroupSpec) -> Program:
             update_ratio=jnp.full((len(widths) + 1,), jnp.nan, float_dtype()),
             prev_dead=tuple(jnp.zeros((w,), bool) for w in widths),
             has_prev=jnp.zeros((), bool), born_dead=jnp.zeros((), bool),
-            interventions=remedies.init())
+            interventions=remedies.init(),
+            carry=diagnostics.init_carries(diag) if cfg.diagnostics.enabled else {})
 
     def train_step(state: MemberState, batch, with_ratio):
         """One member's step on ``batch``: ``(the trained state, whether it is
@@ -395,10 +401,11 @@ def make_program(spec: GroupSpec) -> Program:
             *splits["probe"])
         probe = diagnostics.Probe(logits, cap, gparams, deltas, state.params,
                                   state.batch_stats, state.update_ratio, state.prev_dead,
-                                  state.has_prev)
-        scalars.update(diagnostics.measure(probe, diag))
+                                  state.has_prev, state.carry)
+        values, carry = diagnostics.measure(probe, diag)
+        scalars.update(values)
         evidence = Evidence(finite, diagnostics.dead_masks(probe, diag),
-                            scalars["output_constant"] > 0)
+                            scalars["output_constant"] > 0, carry)
         return scalars, probe, evidence
 
     def evaluate(state: MemberState, data: dict, full):
@@ -430,13 +437,15 @@ def make_program(spec: GroupSpec) -> Program:
                               diverged_step=jnp.where(newly, state.step, state.diverged_step))
         if evidence.dead is not None:
             born_dead = jnp.where(state.has_prev, state.born_dead, evidence.output_constant)
-            state = state.replace(prev_dead=evidence.dead, born_dead=born_dead)
+            state = state.replace(prev_dead=evidence.dead, born_dead=born_dead,
+                                  carry=evidence.carry)
         return state.replace(has_prev=jnp.ones((), bool))
 
     def observe(state: MemberState, evidence: Evidence) -> MemberState:
         """The carry after an evaluation: members with non-finite parameters
         marked diverged at this step, the dead masks kept for the next
-        evaluation's persistent/revived, born-dead set at the first."""
+        evaluation's persistent/revived, born-dead set at the first, the
+        diagnostic families' carries replaced by their new ones."""
         return jax.vmap(observe_member)(state, evidence)
 
     def report_member(state: MemberState) -> dict:

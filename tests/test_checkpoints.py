@@ -359,3 +359,22 @@ def test_zero_steps_leaves_a_loadable_initial_member(tmp_path):
         for leaf in ("kernel", "bias"):
             np.testing.assert_array_equal(member["params"][layer][leaf],
                                           fresh.params[layer][leaf][0])
+
+
+def test_checkpoint_without_the_diagnostic_carry_restores_with_the_initial_one(tmp_path, setup):
+    """A checkpoint written before MemberState.carry existed restores with the
+    template's (initial) carry: the first evaluation after the resume then
+    reads negative_persistent as NaN rather than comparing with zeros."""
+    cfg, pop, _, state, _, (seeds, hparams) = setup
+    host = jax.device_get(state)
+    assert host.carry["dead"]["valid"].all()  # evaluated at step 2
+    old = {f.name: getattr(host, f.name) for f in dataclasses.fields(host) if f.name != "carry"}
+    with ChunkCheckpointer(tmp_path, GROUP, 0) as ck:
+        assert ck.save(2, old, _meta(cfg))
+    fresh = jax.device_get(pop.init(seeds, hparams))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with ChunkCheckpointer(tmp_path, GROUP, 0) as ck:
+            step, restored, _ = ck.restore_latest(fresh)
+    assert step == 2 and not restored.carry["dead"]["valid"].any()
+    _bitwise_equal(restored.replace(carry=host.carry), host)

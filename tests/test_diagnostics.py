@@ -214,8 +214,8 @@ def test_negative_fraction_matches_numpy_for_every_activation(norm):
                 metrics.cross_entropy, p, widths, jnp.asarray(x), jnp.asarray(y))
             probe = diagnostics.Probe(logits, cap, gp, deltas, p, {}, None,
                                       tuple(jnp.zeros((w,), bool) for w in widths),
-                                      jnp.zeros((), bool))
-            return diagnostics.measure(probe, ctx)
+                                      jnp.zeros((), bool), diagnostics.init_carries(ctx))
+            return diagnostics.measure(probe, ctx)[0]
 
         got = jax.device_get(jax.jit(jax.vmap(measure))(batched, hyper))
         for m, params in enumerate(stack):
@@ -300,3 +300,53 @@ def test_diagnostics_are_invariant_to_probe_order():
     _, b, _ = jax.device_get(_evaluate(pop, state2, dd2))
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-6, err_msg=k)
+
+
+def test_negative_persistent_and_revived_follow_numpy_across_evaluations():
+    """negative_persistent / negative_revived compare an evaluation's negative
+    masks (z <= 0 on every probe input) with the previous evaluation's, which
+    the "dead" family carries: NaN at the first evaluation, then NumPy's
+    shares. Layer 0 of a leaky-ReLU network is pushed negative on units {1, 3}
+    (bias -100), evaluated, then on {3, 5}, evaluated again: 1 of 10 units
+    stayed, 1 came back."""
+    cfg, pop, dd, state = _setup(model__activation="leaky_relu", model__leaky_slope=0.2)
+    x = np.asarray(dd["probe"][0], np.float64)
+
+    def pushed(s, units):
+        params = jax.tree.map(np.array, jax.device_get(s.params))
+        params["Dense_0"]["bias"][:, units] = -100.0
+        return s.replace(params=jax.tree.map(jnp.asarray, params))
+
+    def negative_masks(s, m):
+        p = jax.tree.map(lambda a: np.asarray(a[m], np.float64), s.params)
+        h, out = x, []
+        for l in range(2):
+            z = h @ p[f"Dense_{l}"]["kernel"] + p[f"Dense_{l}"]["bias"]
+            out.append(np.all(z <= 0, axis=0))
+            h = np.where(z > 0, z, 0.2 * z)
+        return out
+
+    first_state = pushed(state, [1, 3])
+    before = [negative_masks(first_state, m) for m in range(2)]
+    state, first, _ = jax.device_get(_evaluate(pop, first_state, dd))  # donates it
+    assert np.isnan(first["negative_persistent/layer_0"]).all()
+    np.testing.assert_allclose(first["negative_fraction/layer_0"], 0.2)
+    np.testing.assert_array_equal(first["dead_fraction/layer_0"], 0.0)  # leaky: not dead
+    second_state = jax.tree.map(jnp.asarray, state)  # the observed carry, same params
+    params = jax.tree.map(np.array, jax.device_get(second_state.params))
+    params["Dense_0"]["bias"][:, 1] = 0.5
+    params["Dense_0"]["bias"][:, 5] = -100.0
+    second_state = second_state.replace(params=jax.tree.map(jnp.asarray, params))
+    nows = [negative_masks(second_state, m) for m in range(2)]
+    _, second, _ = jax.device_get(_evaluate(pop, second_state, dd))
+    for m in range(2):
+        now = nows[m]
+        assert now[0][[3, 5]].all() and not now[0][1]
+        for l in range(2):
+            where = f"layer_{l}"
+            np.testing.assert_allclose(second[f"negative_persistent/{where}"][m],
+                                       (now[l] & before[m][l]).mean())
+            np.testing.assert_allclose(second[f"negative_revived/{where}"][m],
+                                       (before[m][l] & ~now[l]).mean())
+    np.testing.assert_allclose(second["negative_persistent/layer_0"], 0.1)
+    np.testing.assert_allclose(second["negative_revived/layer_0"], 0.1)
