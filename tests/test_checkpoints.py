@@ -361,11 +361,17 @@ def test_zero_steps_leaves_a_loadable_initial_member(tmp_path):
                                           fresh.params[layer][leaf][0])
 
 
-def test_checkpoint_without_the_diagnostic_carry_restores_with_the_initial_one(tmp_path, setup):
+def test_checkpoint_without_the_diagnostic_carry_restores_with_the_initial_one(tmp_path):
     """A checkpoint written before MemberState.carry existed restores with the
     template's (initial) carry: the first evaluation after the resume then
     reads negative_persistent as NaN rather than comparing with zeros."""
-    cfg, pop, _, state, _, (seeds, hparams) = setup
+    cfg = _config()
+    cfg.diagnostics.enabled = True
+    cfg.diagnostics.families = ("dead",)
+    pop = compiled_for(cfg)
+    seeds = np.arange(3, dtype=np.int32)
+    hparams = pop.program.hparams_of([cfg] * 3)
+    state, _, _ = pop.train_chunk(pop.init(seeds, hparams), device_data(cfg), 2)
     host = jax.device_get(state)
     assert host.carry["dead"]["valid"].all()  # evaluated at step 2
     old = {f.name: getattr(host, f.name) for f in dataclasses.fields(host) if f.name != "carry"}
