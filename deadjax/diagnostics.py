@@ -95,7 +95,7 @@ def _layers(ctx):
     return [(l, f"layer_{l}") for l in range(len(ctx.widths))]
 
 
-def _dead_carry(ctx: Context) -> dict:
+def _dead_carry(ctx: Context, params) -> dict:
     """The "dead" family's carry: the negative masks of the previous
     evaluation and whether there was one (False until the first, and after a
     resume from a checkpoint written before the carry existed)."""
@@ -265,15 +265,16 @@ class Family:
     evaluation; ``full(probe, ctx, layer, token) -> ({name: scalar}, token)``
     per hidden layer at full evaluations only (``token`` orders the linear
     algebra, see :func:`_after`); either may be None. A family that carries
-    something from one evaluation to the next gives ``init_carry(ctx)`` (a
-    member's initial carry, kept in ``MemberState.carry[name]``, read as
-    ``probe.carry[name]``); its ``every`` then returns ``(scalars, new
-    carry)``, which the trainer stores when it observes the evaluation."""
+    something from one evaluation to the next gives ``init_carry(ctx,
+    params)`` (a member's initial carry from its initial parameters, kept in
+    ``MemberState.carry[name]``, read as ``probe.carry[name]``); its
+    ``every`` then returns ``(scalars, new carry)``, which the trainer stores
+    when it observes the evaluation."""
     name: str
     doc: str
     every: Callable[[Probe, Context], Any] | None = None
     full: Callable[[Probe, Context, int, Any], tuple[dict, Any]] | None = None
-    init_carry: Callable[[Context], Any] | None = None
+    init_carry: Callable[[Context, Any], Any] | None = None
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -302,9 +303,11 @@ def _chosen(ctx: Context) -> list[Family]:
     return [f for name, f in FAMILIES.items() if name in wanted]
 
 
-def init_carries(ctx: Context) -> dict:
-    """``MemberState.carry`` at initialisation: the chosen families' carries."""
-    return {f.name: f.init_carry(ctx) for f in _chosen(ctx) if f.init_carry is not None}
+def init_carries(ctx: Context, params) -> dict:
+    """``MemberState.carry`` at initialisation: the chosen families' carries
+    for a member with the initial parameters ``params``."""
+    return {f.name: f.init_carry(ctx, params) for f in _chosen(ctx)
+            if f.init_carry is not None}
 
 
 def measure(probe: Probe, ctx: Context) -> tuple[dict, dict]:

@@ -212,7 +212,7 @@ def make_program(spec: GroupSpec) -> Program:
             prev_dead=tuple(jnp.zeros((w,), bool) for w in widths),
             has_prev=jnp.zeros((), bool), born_dead=jnp.zeros((), bool),
             interventions=remedies.init(),
-            carry=diagnostics.init_carries(diag) if cfg.diagnostics.enabled else {})
+            carry=diagnostics.init_carries(diag, params) if cfg.diagnostics.enabled else {})
 
     def train_step(state: MemberState, batch, with_ratio):
         """One member's step on ``batch``: ``(the trained state, whether it is

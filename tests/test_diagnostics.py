@@ -214,7 +214,7 @@ def test_negative_fraction_matches_numpy_for_every_activation(norm):
                 metrics.cross_entropy, p, widths, jnp.asarray(x), jnp.asarray(y))
             probe = diagnostics.Probe(logits, cap, gp, deltas, p, {}, None,
                                       tuple(jnp.zeros((w,), bool) for w in widths),
-                                      jnp.zeros((), bool), diagnostics.init_carries(ctx))
+                                      jnp.zeros((), bool), diagnostics.init_carries(ctx, p))
             return diagnostics.measure(probe, ctx)[0]
 
         got = jax.device_get(jax.jit(jax.vmap(measure))(batched, hyper))
