@@ -58,6 +58,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from deadjax import errors
+
 log = logging.getLogger("deadjax")
 
 FORMAT = 1
@@ -391,13 +393,16 @@ class ChunkCheckpointer:
                     for p, a in leaves})
         record.setdefault("config", {})
         record["collective"] = collective
-        return bool(self._manager.save(step, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardSave(state if collective else host),
-            METADATA: ocp.args.JsonSave(record)})))
+        try:  # (also raises what the previous save's background writes met)
+            return bool(self._manager.save(step, args=ocp.args.Composite(**{
+                STATE: ocp.args.StandardSave(state if collective else host),
+                METADATA: ocp.args.JsonSave(record)})))
+        except Exception as e:  # noqa: BLE001 - Orbax and tensorstore raise many kinds
+            raise errors.fault(e, self.directory, "saving a checkpoint in") from None
 
     # ------------------------------------------------------------- restoring
     def restore_latest(self, template, points: Sequence[str] | None = None,
-                       *, quarantine: bool = True):
+                       *, quarantine: bool = True, before: int | None = None):
         """``(step, state, metadata)`` of the newest step that restores cleanly, or None.
 
         ``template`` gives the structure: a concrete state or
@@ -409,6 +414,8 @@ class ChunkCheckpointer:
         ``points``: the ids of the template's member rows. When given and
         the checkpoint holds them in another order or among others, their
         rows are selected; a point the checkpoint lacks is a ValueError.
+        ``before``: only steps below it are considered (retraining from an
+        earlier step to rewrite damaged results).
 
         Adaptable entries (:data:`ADAPTABLE`: per-member hyperparameters and
         the diagnostic families' carries) that the checkpoint lacks, e.g. a
@@ -427,6 +434,8 @@ class ChunkCheckpointer:
         self._manager.wait_until_finished()
         self._manager.reload()
         for step in sorted(self._manager.all_steps(), reverse=True):
+            if before is not None and step >= before:
+                continue
             where = self.directory / str(step)
             try:
                 record = _restore_metadata(self._manager, step)
@@ -484,19 +493,31 @@ class ChunkCheckpointer:
         return sorted(self._manager.all_steps())
 
     def wait(self) -> None:
-        """Blocks until every started save is written and finalised."""
-        self._manager.wait_until_finished()
+        """Blocks until every started save is written and finalised; a save
+        that failed in the background raises :class:`WorkdirFault`."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise errors.fault(e, self.directory, "saving a checkpoint in") from None
 
     def close(self) -> None:
         """Waits for the last save, then releases the manager's threads."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+            return
+        try:  # already failing: the first error is the one to report
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 class _TemplateMismatch(Exception):

@@ -9,10 +9,8 @@ import time
 
 from ml_collections import config_flags
 
-from deadjax import results, runner, sharding, sweep as sweep_lib
-from deadjax.errors import ConfigError
-
-EXIT_BAD_CONFIG = 2
+from deadjax import errors, results, runner, sharding, sweep as sweep_lib, train
+from deadjax.errors import EXIT_BAD_CONFIG, ConfigError
 
 
 class Progress:
@@ -75,9 +73,25 @@ class Progress:
                   f"{rate:,.0f} member-steps/s, {left:,.0f} s left",
                   file=self.stream, flush=True)
 
+    def note(self, text: str) -> None:
+        """A line about the sweep (a chunk skipped, ...)."""
+        if self._bar is not None:
+            self._bar.console.print(f"deadjax: {text}")
+        else:
+            print(f"deadjax: {text}", file=self.stream, flush=True)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+def schedule_note(config, shown: int = 6) -> str:
+    """When a group's runs evaluate and checkpoint, in words."""
+    t = config.train
+    steps = train.checkpoint_steps(0, t.steps, config)
+    listed = ", ".join(str(s) for s in steps[:shown]) + (", ..." if len(steps) > shown else "")
+    return (f"evaluations every {t.eval_every} steps, checkpoints at the first evaluation at "
+            f"or after each multiple of {t.checkpoint_every} and at the end (steps {listed})")
 
 
 def summary_table(workdir, limit: int = 40) -> str:
@@ -110,21 +124,30 @@ def sweep_main(flags) -> int:
     try:
         _, sweep = sweep_lib.load_experiment(path)
         points, groups, workdir = runner.plan(base, sweep, flags.workdir, overrides)
-    except ConfigError as e:
+    except (ConfigError, errors.DamagedFile) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     print(f"deadjax: {len(points)} points in {len(groups)} groups -> {workdir}",
           file=sys.stderr)
     for g in groups:
-        print(f"deadjax: group {g.id}: {len(g.points)} points, {g.chunk_note}", file=sys.stderr)
+        print(f"deadjax: group {g.id}: {len(g.points)} points, {g.chunk_note}; "
+              f"{schedule_note(g.config)}", file=sys.stderr)
     progress = Progress(groups)
+    stop = train.StopRequest().install()
     try:
         runner.run_sweep(base, sweep, flags.workdir, overrides, progress=progress,
-                         num_tasks=flags.num_tasks, task_index=flags.task_index)
-    except ConfigError as e:
+                         num_tasks=flags.num_tasks, task_index=flags.task_index, stop=stop)
+    except (ConfigError, errors.DamagedFile) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    except errors.WorkdirFault as e:
+        print(f"error: {e}", file=sys.stderr)
+        return errors.EXIT_FAULT
+    except errors.Stopped as e:
+        print(f"deadjax: {e}", file=sys.stderr)
+        return errors.EXIT_STOPPED
     finally:
+        stop.restore()
         progress.close()
     if sharding.is_writer():
         print(summary_table(workdir))

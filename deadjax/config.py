@@ -150,7 +150,8 @@ BASE_FIELDS: tuple[Field, ...] = (
     Field("train.steps", 1000, "training steps; 0 evaluates the initialisation alone",
           integer(low=0), run_length=True),
     Field("train.eval_every", 100, "steps between evaluations", integer(low=1)),
-    Field("train.checkpoint_every", 1000, "steps between checkpoints", integer(low=1)),
+    Field("train.checkpoint_every", 1000, "steps between checkpoints: one is written at the "
+          "first evaluation at or after each multiple, and at the last step", integer(low=1)),
     Field("train.keep_checkpoints", 3, "checkpoints kept per chunk", integer(low=1)),
     Field("train.max_population", 256, "members per compiled chunk", integer(low=1)),
     Field("train.memory_budget_gb", 0.0, "device memory per chunk; chooses the chunk size "
@@ -322,9 +323,6 @@ def _train_rules(c) -> None:
     if t.loss != wanted:
         raise ConfigError(f"train.loss = {t.loss!r} is not allowed for data.name = "
                           f"{c.data.name!r}; its targets need {wanted!r}.")
-    if t.checkpoint_every % t.eval_every:
-        raise ConfigError(f"train.checkpoint_every = {t.checkpoint_every} is not allowed; "
-                          f"it must be a multiple of train.eval_every = {t.eval_every}.")
 
 
 def _intervention_rules(c) -> None:

@@ -14,11 +14,16 @@ import io
 import json
 import os
 import socket
+import time
+import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
+
+from deadjax.errors import DamagedFile
 
 RESULTS = "results.parquet"
 ID_COLUMNS = ("point", "group", "step")
@@ -148,25 +153,108 @@ def load_histograms(workdir) -> pd.DataFrame:
     parts = sorted((Path(workdir) / HISTOGRAMS).glob("*/chunk_*/step_*.parquet"))
     if not parts:
         raise FileNotFoundError(f"{Path(workdir) / HISTOGRAMS} holds no histograms.")
-    frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    frame = pd.concat([read_part(p) for p in parts], ignore_index=True)
     return frame.sort_values(["point", "step", "name"], kind="stable").reset_index(drop=True)
 
 
-def load_results(workdir) -> pd.DataFrame:
+class DamagedPartWarning(UserWarning):
+    """A results part could not be read and was left out."""
+
+
+def _damaged(path: Path, e: BaseException) -> DamagedFile:
+    cause = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+    return DamagedFile(f"The results part {path} is damaged ({cause}); rerun the sweep's "
+                       "command to rewrite it, or load with on_damaged='skip' to leave it "
+                       "out.")
+
+
+def read_part(path: Path) -> pd.DataFrame:
+    """One parquet part; :class:`DamagedFile` naming it when it cannot be read."""
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
+        raise _damaged(path, e) from None
+
+
+def part_is_readable(path: Path) -> bool:
+    """Whether a part's parquet footer and schema read back (cheap: no rows)."""
+    try:
+        pq.read_metadata(path)
+        pq.read_schema(path)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def chunk_parts(workdir, group: str, chunk: int, table: str = RESULTS) -> dict[int, Path]:
+    """``{step: path}`` of one chunk's parts of ``table``."""
+    folder = Path(workdir) / table / group / f"chunk_{chunk:04d}"
+    out = {}
+    for path in folder.glob("step_*.parquet") if folder.is_dir() else ():
+        out[int(path.stem.split("_")[1])] = path
+    return out
+
+
+def move_aside(path: Path) -> Path:
+    """Moves a damaged part to ``<table>.damaged/`` (kept for inspection, never
+    loaded); returns where."""
+    path = Path(path)
+    table_root = path.parents[2]
+    dest = (table_root.with_name(table_root.name + ".damaged") / path.parent.parent.name
+            / path.parent.name / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, dest)
+    return dest
+
+
+def chunks_of_points(workdir) -> dict[str, tuple[str, int]]:
+    """``{point: (group, chunk)}`` as the results table records them (one part
+    per chunk is read, its ``point`` column only): what ``points.jsonl``
+    holds, for repairing it."""
+    out: dict[str, tuple[str, int]] = {}
+    root = Path(workdir) / RESULTS
+    for folder in sorted(root.glob("*/chunk_*")) if root.is_dir() else ():
+        for path in sorted(folder.glob("step_*.parquet")):
+            try:
+                points = pq.read_table(path, columns=["point"]).column("point").to_pylist()
+            except Exception:  # noqa: BLE001 - a damaged part: try the next one
+                continue
+            for p in points:
+                out[p] = (folder.parent.name, int(folder.name.split("_")[1]))
+            break
+    return out
+
+
+def load_results(workdir, on_damaged: str = "raise") -> pd.DataFrame:
     """The results table of a workdir as one tidy DataFrame, sorted by point and step.
 
     Columns: ``point``, ``group``, ``step``, every swept field under its dotted
     name, then the metrics (DESIGN.md names). Parts of several job-array tasks
-    or resumed runs are merged; a row appears once.
+    or resumed runs are merged; a row appears once. A part that cannot be
+    read raises :class:`deadjax.errors.DamagedFile` naming it
+    (``on_damaged="raise"``), or is left out with a
+    :class:`DamagedPartWarning` (``"skip"``); rerunning the sweep's command
+    rewrites it.
     """
+    if on_damaged not in ("raise", "skip"):
+        raise ValueError(f"on_damaged = {on_damaged!r} is not allowed; choose 'raise' or 'skip'.")
     root = Path(workdir) / RESULTS
     if root.is_file():
-        return pd.read_parquet(root)
+        return read_part(root)
     parts = sorted(root.glob("*/chunk_*/step_*.parquet")) if root.exists() else []
     if not parts:
         raise FileNotFoundError(f"{root} holds no results yet: run scripts/sweep.py "
                                 f"--workdir {workdir} first.")
-    frames = [pd.read_parquet(p) for p in parts]
+    frames = []
+    for path in parts:
+        try:
+            frames.append(read_part(path))
+        except DamagedFile as e:
+            if on_damaged == "raise":
+                raise
+            warnings.warn(str(e), DamagedPartWarning, stacklevel=2)
+    if not frames:
+        raise FileNotFoundError(f"{root} holds no readable results.")
     frame = pd.concat(frames, ignore_index=True, sort=False)
     frame = frame.drop_duplicates(subset=["point", "step"], keep="last")
     head = [c for c in ID_COLUMNS if c in frame.columns]

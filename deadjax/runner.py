@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import subprocess
@@ -26,7 +27,7 @@ import orbax.checkpoint as ocp
 from deadjax import config as config_lib
 from deadjax import data as data_lib
 from deadjax import population as pop_lib
-from deadjax import (checkpoints, interventions, memory, results, sharding,
+from deadjax import (checkpoints, errors, interventions, locks, memory, results, sharding,
                      sweep as sweep_lib, train)
 from deadjax import summaries as summary_lib
 from deadjax.errors import ConfigError
@@ -69,10 +70,10 @@ def check_same_experiment(workdir: Path, base: ml_collections.ConfigDict,
     A field added after the workdir was written reads as the value such
     workdirs had (``Field.value_before``), where it matters: a remedy's field
     only if some point (of ``points``, resolved) uses the remedy."""
-    path = workdir / "config.json"
-    if not path.exists():
+    record = read_config_json(workdir)
+    if record is None:
         return
-    old = json.loads(path.read_text())["config"]
+    old = record["config"]
     new, before = _comparable(base.to_dict()), _comparable(old)
     methods = {p.config.interventions.method for p in points}
     for k in config_lib.added_fields():  # written before the field existed
@@ -91,11 +92,55 @@ def check_same_experiment(workdir: Path, base: ml_collections.ConfigDict,
             "the same config (only train.steps may change).")
 
 
+def read_config_json(workdir: Path) -> dict | None:
+    """``DIR/config.json``, or None when there is none; a damaged one is
+    refused in one sentence (nothing can check the experiment without it)."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        record["config"]
+        return record
+    except (ValueError, KeyError, TypeError) as e:
+        raise errors.DamagedFile(
+            f"{path} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
+            "restore it, or delete it to let this command write it anew (the record of "
+            "earlier runs in it is then lost).") from None
+
+
 def read_points(workdir: Path) -> dict[str, dict]:
+    """``DIR/points.jsonl`` by point id. Lines that do not parse (a file
+    damaged after it was written) are left out; :func:`repair_points` then
+    recovers those points' groups and chunks from the results table."""
     path = workdir / "points.jsonl"
     if not path.exists():
         return {}
-    return {r["point"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
+    out = {}
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            out[record["point"]] = record
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def repair_points(workdir: Path, known: dict, points) -> list[str]:
+    """Adds to ``known`` the points of this sweep that ``points.jsonl`` lost but
+    the results table holds (their group and chunk as the parts record them);
+    returns their ids. Without it they would train again, in new chunks."""
+    lost = [p for p in points if p.id not in known]
+    if not lost or not (workdir / results.RESULTS).is_dir():
+        return []
+    recorded = results.chunks_of_points(workdir)
+    repaired = []
+    for p in lost:
+        if p.id in recorded:
+            group, chunk = recorded[p.id]
+            known[p.id] = {"point": p.id, "overrides": p.values, "group": group, "chunk": chunk}
+            repaired.append(p.id)
+    return repaired
 
 
 def assign_chunks(groups, known: Mapping[str, dict], max_population: int | None = None) -> None:
@@ -121,8 +166,8 @@ def write_metadata(workdir: Path, base, sweep, points) -> None:
     path = workdir / "config.json"
     record = {"config": sweep_lib._jsonable(base), "sweep": sweep_lib._jsonable(sweep),
               "provenance": provenance()}
-    if path.exists():
-        old = json.loads(path.read_text())
+    old = read_config_json(workdir)
+    if old is not None:
         record["history"] = old.get("history", []) + [old.get("provenance", {})]
     results.atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
     known = read_points(workdir)
@@ -150,7 +195,9 @@ def plan(base, sweep, workdir, overrides=None):
         else:
             g.chunk_size = g.config.train.max_population
             g.chunk_note = f"chunks of at most {g.chunk_size} members (train.max_population)"
-    assign_chunks(groups, read_points(workdir))
+    known = read_points(workdir)
+    repair_points(workdir, known, points)
+    assign_chunks(groups, known)
     return points, groups, workdir
 
 
@@ -164,6 +211,44 @@ def _base_with(base, overrides):
 def chunk_is_finished(workdir, group, chunk_index) -> bool:
     """Whether the chunk's newest checkpoint is at ``train.steps`` (read only)."""
     return checkpoints.latest_step(workdir, group.id, chunk_index) == group.config.train.steps
+
+
+def heal_chunk(workdir: Path, group, chunk: int, progress=None) -> int | None:
+    """Checks a chunk's results and histogram parts: damaged ones are moved
+    aside (``<table>.damaged/``), and the first step whose rows are damaged or
+    missing (an evaluation at or before the chunk's newest checkpoint without
+    its part) is returned, for :func:`deadjax.train.run_chunk` to retrain from
+    the newest checkpoint before it; None when all is well. A damaged step
+    that the current evaluation schedule would not rewrite is refused in one
+    sentence naming the file."""
+    if not sharding.is_writer():
+        return None
+    cfg = group.config
+    latest = checkpoints.latest_step(workdir, group.id, chunk)
+    schedule = set(train.evaluation_steps(0, cfg.train.steps, cfg.train.eval_every)) | {0}
+    first = None
+    for table in (results.RESULTS, results.HISTOGRAMS):
+        for step, path in sorted(results.chunk_parts(workdir, group.id, chunk, table).items()):
+            if results.part_is_readable(path):
+                continue
+            if step not in schedule:
+                raise errors.DamagedFile(
+                    f"The results part {path} is damaged, and step {step} is not an "
+                    f"evaluation of train.eval_every = {cfg.train.eval_every}, so rerunning "
+                    "cannot rewrite it; delete it (its rows are lost) or rerun with the "
+                    "train.eval_every that wrote it.")
+            moved = results.move_aside(path)
+            _note(progress, f"{path} is damaged: moved to {moved}; its rows are recomputed")
+            first = step if first is None else min(first, step)
+    if latest is not None:
+        have = results.chunk_parts(workdir, group.id, chunk)
+        expected = [0] + train.evaluation_steps(0, latest, cfg.train.eval_every)
+        missing = [s for s in expected if s not in have]
+        if missing:
+            _note(progress, f"{group.id} chunk {chunk}: rows of step {missing[0]} are missing; "
+                            "recomputed")
+            first = missing[0] if first is None else min(first, missing[0])
+    return first
 
 
 def group_spec(group, dataset) -> pop_lib.GroupSpec:
@@ -181,18 +266,76 @@ def task_share(groups, num_tasks: int, task_index: int) -> list[tuple]:
 
 
 def run_sweep(base, sweep, workdir, overrides=None, *, progress=None,
-              tensorboard: bool = True, num_tasks: int = 1, task_index: int = 0) -> list:
+              tensorboard: bool = True, num_tasks: int = 1, task_index: int = 0,
+              stop=None) -> list:
     """Runs (or continues) every point of the sweep into ``workdir``.
 
     Chunks whose checkpoint is at ``train.steps`` are skipped; the others
     continue from their latest checkpoint, so a killed sweep resumes where it
     stopped and new points of a grown sweep train in chunks of their own.
     With ``num_tasks > 1`` this process trains only its share (task_share).
+    ``stop`` (a :class:`deadjax.train.StopRequest`): once true, the sweep
+    checkpoints at the next evaluation and raises
+    :class:`deadjax.errors.Stopped`. File-system failures raise
+    :class:`deadjax.errors.WorkdirFault`, one sentence naming the path.
     """
     if not 0 <= task_index < num_tasks:
         raise ConfigError(f"--task_index = {task_index} is not allowed; it must be in "
                           f"[0, {num_tasks}) for --num_tasks = {num_tasks}.")
     points, groups, workdir = plan(base, sweep, workdir, overrides)
+    with _faults_as_sentences(workdir):
+        _train_groups(base, sweep, overrides, points, groups, workdir, progress=progress,
+                      tensorboard=tensorboard, num_tasks=num_tasks, task_index=task_index,
+                      stop=stop)
+    return points
+
+
+class _LibraryThreadTracebacks(logging.Filter):
+    """Drops the tracebacks Orbax's writer threads log (through absl) while a
+    sweep runs: the same failure reaches the sweep, which reports it in one
+    sentence (:class:`deadjax.errors.WorkdirFault`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR
+                    and "/orbax/" in record.pathname.replace("\\", "/"))
+
+
+def _closed_loop_callback(hook):
+    """``sys.excepthook`` without the "Event loop is closed" tracebacks that
+    tensorstore's callbacks print (through ``PyErr_Print``) once a failed
+    Orbax save has closed its event loop."""
+    def quiet(kind, value, tb):
+        if not (kind is RuntimeError and "Event loop is closed" in str(value)):
+            hook(kind, value, tb)
+    return quiet
+
+
+@contextlib.contextmanager
+def _faults_as_sentences(workdir: Path):
+    """File-system errors of a sweep as one sentence naming the path and what
+    to do; library threads' tracebacks silenced meanwhile."""
+    quiet = _LibraryThreadTracebacks()
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(quiet)
+    hook, sys.excepthook = sys.excepthook, _closed_loop_callback(sys.excepthook)
+    try:
+        yield
+    except OSError as e:
+        raise errors.fault(e, workdir) from None
+    finally:
+        absl_logger.removeFilter(quiet)
+        sys.excepthook = hook
+
+
+def _note(progress, text: str) -> None:
+    if progress is not None and hasattr(progress, "note"):
+        progress.note(text)
+    else:
+        log.info(text)
+
+
+def _train_groups(base, sweep, overrides, points, groups, workdir, *, progress, tensorboard,
+                  num_tasks, task_index, stop) -> None:
     if sharding.is_writer():
         results.remove_stale_temporaries(workdir)
         write_metadata(workdir, _base_with(base, overrides), sweep, points)
@@ -205,8 +348,9 @@ def run_sweep(base, sweep, workdir, overrides=None, *, progress=None,
             by_chunk: dict[int, list] = {}
             for p in group.points:
                 by_chunk.setdefault(p.chunk, []).append(p)
+            damaged = {c: heal_chunk(workdir, group, c, progress) for g, c in mine if g is group}
             todo = [c for g, c in mine if g is group
-                    and not chunk_is_finished(workdir, group, c)]
+                    and (damaged[c] is not None or not chunk_is_finished(workdir, group, c))]
             if not todo:
                 continue
             dataset = data_lib.load(group.config)
@@ -214,9 +358,20 @@ def run_sweep(base, sweep, workdir, overrides=None, *, progress=None,
             data = sharding.replicate(
                 data_lib.device_data(dataset, data_lib.probe_indices(group.config)))
             for chunk_index in todo:
-                train.run_chunk(compiled, group, chunk_index, by_chunk[chunk_index], data,
-                                workdir, swept, summaries=summaries, progress=progress)
+                with locks.chunk(workdir, group.id, chunk_index) as lock:
+                    # Several processes of one job train a chunk together:
+                    # process 0 holds its lock for all of them.
+                    held = sharding.any_process(lock.held if sharding.is_writer() else False)
+                    if not held:
+                        _note(progress, f"{group.id} chunk {chunk_index} is being trained by "
+                                        f"{locks.describe(lock.holder)}; skipped")
+                        continue
+                    redo = damaged[chunk_index]
+                    if redo is None and chunk_is_finished(workdir, group, chunk_index):
+                        continue  # finished by another process meanwhile
+                    train.run_chunk(compiled, group, chunk_index, by_chunk[chunk_index], data,
+                                    workdir, swept, summaries=summaries, progress=progress,
+                                    stop=stop, redo_before=redo)
     finally:
         if summaries is not None:
             summaries.close()
-    return points

@@ -62,3 +62,12 @@ def to_host(tree):
 def is_writer() -> bool:
     """Only process 0 writes results, summaries and metadata."""
     return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+    """``flag`` or-ed over every process (one small collective when there are
+    several), so that all of them take the same decision at the same step."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    flags = multihost_utils.process_allgather(np.asarray([flag], np.int32))
+    return bool(np.asarray(flags).any())

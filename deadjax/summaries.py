@@ -60,7 +60,7 @@ from tensorboard.plugins.hparams import summary_v2 as hp
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from deadjax import config as config_lib
-from deadjax import results
+from deadjax import locks, results
 
 TENSORBOARD = "tensorboard"
 AGGREGATE = "aggregate"
@@ -297,7 +297,8 @@ class SweepSummaries:
         self._writers: dict[str, EventFileWriter] = {}
         config = hp.hparams_config_pb(infos, [hp.Metric(m, display_name=m) for m in metrics],
                                       time_created_secs=time.time())
-        _replace_events(self.workdir / ".tensorboard-tmp", self.root, [_event(0, config)])
+        with locks.exclusive(self.workdir, "tensorboard-root"):
+            _replace_events(self.workdir / ".tensorboard-tmp", self.root, [_event(0, config)])
 
     def name(self, point) -> str:
         """The run name of ``point`` (a point unknown at construction gets
@@ -434,6 +435,11 @@ def write_aggregates(workdir, metrics: Sequence[str] = AGGREGATE_METRICS) -> lis
     then the old removed). Nothing is written when ``seed`` is not swept or
     there are no results yet. Returns the event files written."""
     workdir = Path(workdir)
+    with locks.exclusive(workdir, "tensorboard-aggregates"):
+        return _write_aggregates(workdir, metrics)
+
+
+def _write_aggregates(workdir: Path, metrics: Sequence[str]) -> list[Path]:
     try:
         frame = results.load_results(workdir)
     except FileNotFoundError:

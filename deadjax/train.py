@@ -12,10 +12,15 @@ step or per member):
    (:func:`_record`): **device to host** (its scalars and, at full
    evaluations, histograms, as NumPy arrays), **rows** of the results table
    (and histograms), **summaries** (TensorBoard events), **progress**;
-3. **checkpoint**, every ``train.checkpoint_every`` steps and at the last
-   step: the host first records this evaluation, then starts saving the real
+3. **checkpoint** (:func:`is_checkpoint`: at the first evaluation at or
+   after each multiple of ``train.checkpoint_every``, and at the last step):
+   the host first records this evaluation, then starts saving the real
    members' state (Orbax writes it in the background) before the next
    program call, which donates the state.
+4. **stop**, when a SIGTERM or SIGINT has arrived (:class:`StopRequest`):
+   the evaluation just taken is recorded and checkpointed, and the sweep
+   raises :class:`deadjax.errors.Stopped`; at most the interval in progress
+   when the signal came is lost.
 
 So the device never waits for files except at checkpoints, at most one
 evaluation is in flight (its scalars on the device while the next interval
@@ -31,11 +36,14 @@ the rows after it (parts are replaced whole, never duplicated).
 from __future__ import annotations
 
 import logging
+import signal
+import sys
+import threading
 
 import jax
 import numpy as np
 
-from deadjax import checkpoints, population, results, sharding
+from deadjax import checkpoints, errors, population, results, sharding
 from deadjax import summaries as summary_lib
 from deadjax import sweep as sweep_lib
 
@@ -49,6 +57,61 @@ def evaluation_steps(start: int, total: int, eval_every: int) -> list[int]:
     if total > start:
         steps.append(total)
     return steps
+
+
+def is_checkpoint(step: int, previous: int, total: int, every: int) -> bool:
+    """Whether the evaluation at ``step`` (the one before it at ``previous``)
+    writes a checkpoint: at the first evaluation at or after each multiple of
+    ``every`` (``train.checkpoint_every``, whatever ``train.eval_every``), and
+    at the last step ``total`` (also when it is 0: ``train.steps = 0`` leaves
+    a loadable member). Step 0 needs none otherwise: the initialisation is
+    recomputed exactly from the seeds."""
+    return step == total or (step > 0 and step // every > previous // every)
+
+
+def checkpoint_steps(start: int, total: int, config) -> list[int]:
+    """The steps after ``start`` at which a run checkpoints (the progress
+    header prints them)."""
+    previous, out = start, []
+    for step in evaluation_steps(start, total, config.train.eval_every):
+        if is_checkpoint(step, previous, total, config.train.checkpoint_every):
+            out.append(step)
+        previous = step
+    return out
+
+
+class StopRequest:
+    """Set by a signal handler; the host loop stops at the next evaluation.
+
+    ``install()`` makes SIGTERM (how SLURM and preemptible VMs stop a job) and
+    SIGINT (Ctrl-C) request a stop instead of killing the process; a second
+    SIGINT stops at once (KeyboardInterrupt). ``restore()`` puts the previous
+    handlers back."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous: dict = {}
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    def _handle(self, signum, frame):
+        if self.signal == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"deadjax: {signal.Signals(signum).name} received; stopping at the next "
+              "evaluation (a second Ctrl-C stops at once)", file=sys.stderr, flush=True)
+
+    def install(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
 
 def is_full_evaluation(step: int, total: int, config) -> bool:
@@ -76,10 +139,15 @@ def _real(state, n: int):
 
 
 def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: list, data,
-              workdir, swept, *, summaries=None, progress=None):
+              workdir, swept, *, summaries=None, progress=None, stop=None,
+              redo_before: int | None = None):
     """Trains one chunk of ``group`` (its real ``members``, in order) from its
     latest checkpoint to ``train.steps``, writing at every evaluation; returns
-    the final state (padded members included)."""
+    the final state (padded members included). ``stop``: a
+    :class:`StopRequest` (any object true once a stop is wanted).
+    ``redo_before``: the chunk's rows of that step are missing or damaged, so
+    it resumes from its newest checkpoint before it (or from the start) and
+    rewrites every row after."""
     cfg = group.config
     total = cfg.train.steps
     n = len(members)
@@ -98,7 +166,7 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
         # The restore target: the real members' initial state, whose values
         # fill what an older checkpoint lacks (checkpoints.ADAPTABLE).
         template = jax.tree.map(lambda a: np.asarray(a)[:n], sharding.to_host(state))
-        found = ckpt.restore_latest(template, points=ids)
+        found = ckpt.restore_latest(template, points=ids, before=redo_before)
         start = 0
         if found is not None:
             start, restored, _ = found
@@ -131,6 +199,7 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
                 progress(group, chunk_index, step, total, n, host)
 
         pending = None  # the evaluation whose host work waits for the next call
+        previous = start
         # Step 0 is the initialisation, evaluated by the same program.
         for step in ([0] if start == 0 else []) + evaluation_steps(start, total,
                                                                    cfg.train.eval_every):
@@ -140,13 +209,17 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
             if pending is not None:
                 record(*pending)
             pending = (step, scalars, hists if full else {})
-            # checkpoint (collective too), after this evaluation's rows; step 0
-            # needs none (the initialisation is recomputed exactly from the
-            # seeds) unless it is the last: train.steps = 0 leaves a member
-            if step == total or (step > 0 and step % cfg.train.checkpoint_every == 0):
+            # checkpoint (collective too), after this evaluation's rows
+            due = is_checkpoint(step, previous, total, cfg.train.checkpoint_every)
+            previous = step
+            stopping = step < total and sharding.any_process(bool(stop))
+            if due or stopping:
                 record(*pending)
                 pending = None
                 ckpt.save(step, _real(state, n), meta)
+            if stopping:
+                ckpt.wait()
+                raise errors.Stopped(group.id, chunk_index, step, total)
         if pending is not None:
             record(*pending)
     if summaries is not None:
