@@ -259,6 +259,16 @@ def _manager(directory: Path, *, max_to_keep=None, read_only=False,
     return ocp.CheckpointManager(directory, options=options)
 
 
+def step_metadata(workdir, group_id: str, chunk: int, step: int) -> dict | None:
+    """The metadata JSON a checkpoint step was saved with, read from its file
+    (``<step>/metadata/metadata``), or None where it cannot be read."""
+    path = checkpoint_dir(workdir, group_id, chunk) / str(step) / METADATA / METADATA
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def remove_unfinished_saves(directory: Path) -> list[Path]:
     """Removes the temporary folders of saves a kill cut short (Orbax's
     ``<step>.orbax-checkpoint-tmp*``, never listed as steps); returns them."""
@@ -270,15 +280,13 @@ def remove_unfinished_saves(directory: Path) -> list[Path]:
 
 
 def latest_step(workdir, group_id: str, chunk: int) -> int | None:
-    """The newest finalised checkpoint step of a chunk (read only), or None."""
+    """The newest finalised checkpoint step of a chunk, or None: read from the
+    folder names (Orbax renames a step's folder to its number only once the
+    save is complete), without opening a manager."""
     directory = checkpoint_dir(workdir, group_id, chunk)
-    if not directory.is_dir():
-        return None
-    manager = _manager(directory, read_only=True, asynchronous=False)
-    try:
-        return manager.latest_step()
-    finally:
-        manager.close()
+    steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()] \
+        if directory.is_dir() else []
+    return max(steps, default=None)
 
 
 def _restore_metadata(manager, step: int) -> dict:

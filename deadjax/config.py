@@ -34,7 +34,7 @@ from deadjax.fields import Field, allowed, boolean, integer, number, one_of, rea
 
 __all__ = ["ConfigError", "Field", "BASE_FIELDS", "all_fields", "field", "default_config",
            "validate", "get_field", "set_field", "flatten", "per_member_fields",
-           "added_fields", "run_length_fields", "hparam_fields", "PER_MEMBER_FIELDS",
+           "added_fields", "run_length_fields", "recording_fields", "hparam_fields", "PER_MEMBER_FIELDS",
            "ADDED_FIELDS", "RUN_LENGTH_FIELDS", "INTERVENTIONS", "TASKS",
            "REGRESSION_DATASETS"]
 
@@ -149,36 +149,36 @@ BASE_FIELDS: tuple[Field, ...] = (
     # --------------------------------------------------------------- train
     Field("train.steps", 1000, "training steps; 0 evaluates the initialisation alone",
           integer(low=0), run_length=True),
-    Field("train.eval_every", 100, "steps between evaluations", integer(low=1)),
+    Field("train.eval_every", 100, "steps between evaluations", integer(low=1), recording=True),
     Field("train.checkpoint_every", 1000, "steps between checkpoints: one is written at the "
-          "first evaluation at or after each multiple, and at the last step", integer(low=1)),
-    Field("train.keep_checkpoints", 3, "checkpoints kept per chunk", integer(low=1)),
-    Field("train.max_population", 256, "members per compiled chunk", integer(low=1)),
+          "first evaluation at or after each multiple, and at the last step", integer(low=1), recording=True),
+    Field("train.keep_checkpoints", 3, "checkpoints kept per chunk", integer(low=1), recording=True),
+    Field("train.max_population", 256, "members per compiled chunk", integer(low=1), recording=True),
     Field("train.memory_budget_gb", 0.0, "device memory per chunk; chooses the chunk size "
-          "when > 0", real(0.0, what="(0 means chunks of train.max_population members)")),
+          "when > 0", real(0.0, what="(0 means chunks of train.max_population members)"), recording=True),
     Field("train.loss", "cross_entropy", "cross_entropy; mse for the regression dataset",
           one_of(("cross_entropy", "mse"))),
     Field("train.precision", "highest", "matmul precision of training: highest (float32), "
           "tf32, bf16", one_of(("highest", "tf32", "bf16"))),
     Field("train.eval_batch_size", 4096, "examples per slice of an evaluation's forward pass",
-          integer(low=1)),
+          integer(low=1), recording=True),
     # --------------------------------------------------------- diagnostics
-    Field("diagnostics.enabled", True, "diagnostics at every evaluation", boolean()),
+    Field("diagnostics.enabled", True, "diagnostics at every evaluation", boolean(), recording=True),
     Field("diagnostics.probe_size", 1024, "training inputs of the probe batch", integer(low=1)),
     Field("diagnostics.dormant_taus", (0.0, 0.025, 0.1), "thresholds tau of dormant_ratio",
-          _dormant_taus),
+          _dormant_taus, recording=True),
     Field("diagnostics.dead_threshold", 0.0, "a unit is dead where |phi'| <= this times "
           "sup|phi'| on every probe input (0: exact)", real(0.0, 1.0, high_open=True)),
     Field("diagnostics.saturation_threshold", 0.01, "saturated where |phi'| < this times "
-          "sup|phi'|", real(0.0, 1.0, low_open=True, high_open=True)),
+          "sup|phi'|", real(0.0, 1.0, low_open=True, high_open=True), recording=True),
     Field("diagnostics.jacobian_probe_size", 8, "probe inputs of the Jacobian singular "
-          "values", integer(low=1)),
+          "values", integer(low=1), recording=True),
     Field("diagnostics.families", diagnostics.FAMILY_NAMES, "diagnostic families computed "
-          "(deadjax.diagnostics.FAMILIES)", _families),
-    Field("diagnostics.histogram_bins", 41, "bins of the stored histograms", integer(low=2)),
+          "(deadjax.diagnostics.FAMILIES)", _families, recording=True),
+    Field("diagnostics.histogram_bins", 41, "bins of the stored histograms", integer(low=2), recording=True),
     Field("diagnostics.full_every", 20, "percentiles, Jacobian, rank and histograms every "
           "this many evaluations (and at the first and last)", integer(low=1),
-          added=ADDED_2026_11_27),
+          added=ADDED_2026_11_27, recording=True),
     # ------------------------------------------------------- interventions
     Field("interventions.method", "none", "remedy applied during training (per member): "
           "none or a name of deadjax.interventions.REMEDIES",
@@ -212,6 +212,11 @@ def added_fields() -> tuple[str, ...]:
 
 def run_length_fields() -> tuple[str, ...]:
     return tuple(f.name for f in all_fields() if f.run_length)
+
+
+def recording_fields() -> tuple[str, ...]:
+    """Fields that change what is recorded, not what is trained (``Field.recording``)."""
+    return tuple(f.name for f in all_fields() if f.recording)
 
 
 def hparam_fields(with_remedies: bool) -> tuple[Field, ...]:
@@ -276,8 +281,18 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> Non
         value = tuple(value)
     if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    with node.unlocked():
-        node[leaf] = value
+    try:
+        with node.unlocked():
+            node[leaf] = value
+    except TypeError:  # ConfigDict keeps each field's type
+        raise ConfigError(f"{dotted} = {value!r} is not allowed; it must be "
+                          f"{_kind(old)}, not {_kind(value)}.") from None
+
+
+def _kind(value) -> str:
+    names = {bool: "True or False", int: "an integer", float: "a number", str: "a string",
+             tuple: "a tuple", list: "a tuple"}
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:

@@ -21,6 +21,11 @@ derived from that one declaration:
   switching behaviour half-way.
 * ``run_length``: the field may change when a workdir is resumed
   (``train.steps``).
+* ``recording``: the field changes what is recorded or how members are
+  chunked, never what is trained (``train.eval_every``, the diagnostics, ...):
+  it may change when a workdir is resumed (new evaluations follow the new
+  value from the resume point), it is not part of a group's id, and
+  ``config.json``'s history records each change.
 * ``check(name, value)``: raises :class:`~deadjax.errors.ConfigError` with one
   sentence naming the field, the value and what is allowed. Checks that
   involve several fields live in :func:`deadjax.config.validate`.
@@ -57,6 +62,7 @@ class Field:
     added: str | None = None       # date it was added after workdirs existed
     before: Any = _DEFAULT         # the value workdirs older than ``added`` had
     run_length: bool = False
+    recording: bool = False
 
     @property
     def section(self) -> str:

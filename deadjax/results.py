@@ -19,14 +19,19 @@ import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import ml_collections
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from deadjax import config as config_lib
 from deadjax.errors import DamagedFile
 
 RESULTS = "results.parquet"
 ID_COLUMNS = ("point", "group", "step")
+# When the evaluation's rows were written (seconds since the epoch): in every
+# part; load_results(..., fields="all") shows it.
+TIME_COLUMN = "wall_time"
 # Metric columns whose names have no "family/where" slash (DESIGN.md).
 FLAT_METRICS = ("diverged", "diverged_step", "output_constant", "born_dead",
                 "grad_norm_ratio", "grad_norm_ratio_undefined", "task")
@@ -100,6 +105,7 @@ def rows_for_evaluation(points: Sequence, step: int, scalars: Mapping[str, np.nd
         "point": [p.id for p in points],
         "group": [p.group for p in points],
         "step": np.full(n, step, np.int64),
+        TIME_COLUMN: np.full(n, time.time(), np.float64),
     }
     for field in swept_fields:
         columns[field] = [_cell(p.values.get(field)) for p in points]
@@ -225,19 +231,54 @@ def chunks_of_points(workdir) -> dict[str, tuple[str, int]]:
     return out
 
 
-def load_results(workdir, on_damaged: str = "raise") -> pd.DataFrame:
+def resolved_fields(workdir) -> pd.DataFrame:
+    """One row per point of a workdir: ``point`` and every config field as the
+    point ran it (the workdir's ``config.json`` with the point's overrides from
+    ``points.jsonl``), tuples as JSON lists like swept cells."""
+    workdir = Path(workdir)
+    record = json.loads((workdir / "config.json").read_text())
+    rows = []
+    for line in (workdir / "points.jsonl").read_text().splitlines():
+        try:
+            point = json.loads(line)
+        except ValueError:
+            continue
+        cfg = config_lib.default_config()
+        for name, value in config_lib.flatten(ml_collections.ConfigDict(record["config"])).items():
+            _set_quietly(cfg, name, value)
+        for name, value in point.get("overrides", {}).items():
+            _set_quietly(cfg, name, value)
+        rows.append({"point": point["point"],
+                     **{k: _cell(v) for k, v in config_lib.flatten(cfg).items()}})
+    return pd.DataFrame(rows)
+
+
+def _set_quietly(cfg, name, value) -> None:
+    try:
+        config_lib.set_field(cfg, name, value)
+    except Exception:  # noqa: BLE001 - a field this version no longer has
+        pass
+
+
+def load_results(workdir, on_damaged: str = "raise", fields: str = "swept") -> pd.DataFrame:
     """The results table of a workdir as one tidy DataFrame, sorted by point and step.
 
     Columns: ``point``, ``group``, ``step``, every swept field under its dotted
-    name, then the metrics (DESIGN.md names). Parts of several job-array tasks
-    or resumed runs are merged; a row appears once. A part that cannot be
-    read raises :class:`deadjax.errors.DamagedFile` naming it
+    name, then the metrics (DESIGN.md names). ``fields="all"`` adds
+    ``wall_time`` (when each evaluation's rows were written, seconds since the
+    epoch) and every config field as each point ran it (static ones included:
+    ``model.widths``, ``model.activation``, ...), so the frames of two
+    workdirs concatenate and compare. Parts of several job-array tasks or
+    resumed runs are merged; a row appears once. A part that cannot be read
+    raises :class:`deadjax.errors.DamagedFile` naming it
     (``on_damaged="raise"``), or is left out with a
     :class:`DamagedPartWarning` (``"skip"``); rerunning the sweep's command
     rewrites it.
     """
     if on_damaged not in ("raise", "skip"):
         raise ValueError(f"on_damaged = {on_damaged!r} is not allowed; choose 'raise' or 'skip'.")
+    if fields not in ("swept", "all"):
+        raise ValueError(f"fields = {fields!r} is not allowed; choose 'swept' or 'all'.")
     root = Path(workdir) / RESULTS
     if root.is_file():
         return read_part(root)
@@ -259,6 +300,14 @@ def load_results(workdir, on_damaged: str = "raise") -> pd.DataFrame:
     frame = frame.drop_duplicates(subset=["point", "step"], keep="last")
     head = [c for c in ID_COLUMNS if c in frame.columns]
     metric_cols = [c for c in frame.columns if is_metric(c)]
-    swept = [c for c in frame.columns if c not in head and c not in metric_cols]
-    frame = frame[head + swept + sorted(metric_cols)]
+    swept = [c for c in frame.columns
+             if c not in head and c not in metric_cols and c != TIME_COLUMN]
+    if fields == "all":
+        resolved = resolved_fields(workdir)
+        extra = [c for c in resolved.columns if c != "point" and c not in swept]
+        frame = frame.merge(resolved[["point"] + extra], on="point", how="left")
+        times = [TIME_COLUMN] if TIME_COLUMN in frame.columns else []
+        frame = frame[head + times + sorted(swept + extra) + sorted(metric_cols)]
+    else:
+        frame = frame[head + swept + sorted(metric_cols)]
     return frame.sort_values(["point", "step"], kind="stable").reset_index(drop=True)

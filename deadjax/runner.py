@@ -58,9 +58,11 @@ def provenance() -> dict:
 
 
 def _comparable(cfg: Mapping) -> dict:
+    """A config's fields that must agree for a workdir to resume: all but the
+    run length and the recording fields."""
     flat = config_lib.flatten(ml_collections.ConfigDict(cfg))
-    return {k: sweep_lib._jsonable(v) for k, v in flat.items()
-            if k not in config_lib.run_length_fields()}
+    skip = set(config_lib.run_length_fields()) | set(config_lib.recording_fields())
+    return {k: sweep_lib._jsonable(v) for k, v in flat.items() if k not in skip}
 
 
 def check_same_experiment(workdir: Path, base: ml_collections.ConfigDict,
@@ -76,8 +78,9 @@ def check_same_experiment(workdir: Path, base: ml_collections.ConfigDict,
     old = record["config"]
     new, before = _comparable(base.to_dict()), _comparable(old)
     methods = {p.config.interventions.method for p in points}
+    skip = set(config_lib.run_length_fields()) | set(config_lib.recording_fields())
     for k in config_lib.added_fields():  # written before the field existed
-        if k in before or k in config_lib.run_length_fields():
+        if k in before or k in skip:
             continue
         owner = interventions.remedy_of_field(k)
         matters = owner is None or owner in methods
@@ -89,7 +92,8 @@ def check_same_experiment(workdir: Path, base: ml_collections.ConfigDict,
         raise ConfigError(
             f"{workdir} holds another experiment: {k} is {before.get(k)!r} there but "
             f"{new.get(k)!r} now ({len(diff)} field(s) differ); use a new --workdir or "
-            "the same config (only train.steps may change).")
+            "the same config (only train.steps and the fields of what is recorded may "
+            "change, docs/checkpoints.md).")
 
 
 def read_config_json(workdir: Path) -> dict | None:
@@ -168,7 +172,15 @@ def write_metadata(workdir: Path, base, sweep, points) -> None:
               "provenance": provenance()}
     old = read_config_json(workdir)
     if old is not None:
-        record["history"] = old.get("history", []) + [old.get("provenance", {})]
+        before = config_lib.flatten(ml_collections.ConfigDict(old["config"]))
+        after = config_lib.flatten(ml_collections.ConfigDict(record["config"]))
+        changed = {k: [sweep_lib._jsonable(before[k]), sweep_lib._jsonable(after[k])]
+                   for k in after if k in before
+                   and sweep_lib._jsonable(before[k]) != sweep_lib._jsonable(after[k])}
+        entry = dict(old.get("provenance", {}))
+        if changed:
+            entry["changed_after"] = changed   # what this run changed, [before, after]
+        record["history"] = old.get("history", []) + [entry]
     results.atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
     known = read_points(workdir)
     for p in points:
@@ -184,10 +196,12 @@ def write_metadata(workdir: Path, base, sweep, points) -> None:
 def plan(base, sweep, workdir, overrides=None):
     """Resolves and validates everything; touches nothing on disk."""
     points = sweep_lib.resolve_points(base, sweep, overrides)
-    groups = sweep_lib.group_points(points)
+    workdir = Path(workdir).absolute()
+    known = read_points(workdir)
+    repair_points(workdir, known, points)
+    groups = sweep_lib.keep_recorded_groups(sweep_lib.group_points(points), known)
     for g in groups:
         data_lib.check(g.config)
-    workdir = Path(workdir).absolute()
     check_same_experiment(workdir, _base_with(base, overrides), points)
     for g in groups:
         if g.config.train.memory_budget_gb > 0:
@@ -195,8 +209,6 @@ def plan(base, sweep, workdir, overrides=None):
         else:
             g.chunk_size = g.config.train.max_population
             g.chunk_note = f"chunks of at most {g.chunk_size} members (train.max_population)"
-    known = read_points(workdir)
-    repair_points(workdir, known, points)
     assign_chunks(groups, known)
     return points, groups, workdir
 
@@ -216,11 +228,11 @@ def chunk_is_finished(workdir, group, chunk_index) -> bool:
 def heal_chunk(workdir: Path, group, chunk: int, progress=None) -> int | None:
     """Checks a chunk's results and histogram parts: damaged ones are moved
     aside (``<table>.damaged/``), and the first step whose rows are damaged or
-    missing (an evaluation at or before the chunk's newest checkpoint without
-    its part) is returned, for :func:`deadjax.train.run_chunk` to retrain from
-    the newest checkpoint before it; None when all is well. A damaged step
-    that the current evaluation schedule would not rewrite is refused in one
-    sentence naming the file."""
+    missing (an evaluation the chunk's newest checkpoint records as written,
+    without its part) is returned, for :func:`deadjax.train.run_chunk` to
+    retrain from the newest checkpoint before it; None when all is well. A
+    damaged step that the current evaluation schedule would not rewrite is
+    refused in one sentence naming the file."""
     if not sharding.is_writer():
         return None
     cfg = group.config
@@ -240,10 +252,11 @@ def heal_chunk(workdir: Path, group, chunk: int, progress=None) -> int | None:
             moved = results.move_aside(path)
             _note(progress, f"{path} is damaged: moved to {moved}; its rows are recomputed")
             first = step if first is None else min(first, step)
-    if latest is not None:
+    record = (checkpoints.step_metadata(workdir, group.id, chunk, latest)
+              if latest is not None else None)
+    if record is not None and "evaluations" in record:  # what was written before it
         have = results.chunk_parts(workdir, group.id, chunk)
-        expected = [0] + train.evaluation_steps(0, latest, cfg.train.eval_every)
-        missing = [s for s in expected if s not in have]
+        missing = [s for s in record["evaluations"] if s not in have]
         if missing:
             _note(progress, f"{group.id} chunk {chunk}: rows of step {missing[0]} are missing; "
                             "recomputed")
@@ -300,34 +313,43 @@ class _LibraryThreadTracebacks(logging.Filter):
                     and "/orbax/" in record.pathname.replace("\\", "/"))
 
 
-def _closed_loop_callback(hook):
-    """``sys.excepthook`` without the "Event loop is closed" tracebacks that
-    tensorstore's callbacks print (through ``PyErr_Print``) once a failed
-    Orbax save has closed its event loop."""
-    def quiet(kind, value, tb):
-        if not (kind is RuntimeError and "Event loop is closed" in str(value)):
-            hook(kind, value, tb)
+def _closed_loop_unraisable(hook):
+    """``sys.unraisablehook`` without the "Event loop is closed" errors that
+    tensorstore's callbacks raise once a failed Orbax save has closed its
+    event loop (they are the same failure the sweep reports)."""
+    def quiet(unraisable):
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and "Event loop is closed" in str(value)):
+            hook(unraisable)
+    quiet.deadjax_quiet = True
     return quiet
 
 
 @contextlib.contextmanager
 def _faults_as_sentences(workdir: Path):
     """File-system errors of a sweep as one sentence naming the path and what
-    to do; library threads' tracebacks silenced meanwhile."""
+    to do; library threads' tracebacks silenced meanwhile (and, after a fault,
+    the late callbacks of the failed save too)."""
     quiet = _LibraryThreadTracebacks()
     absl_logger = logging.getLogger("absl")
     absl_logger.addFilter(quiet)
-    hook, sys.excepthook = sys.excepthook, _closed_loop_callback(sys.excepthook)
+    hook = sys.unraisablehook
+    if not getattr(hook, "deadjax_quiet", False):
+        sys.unraisablehook = _closed_loop_unraisable(hook)
+    failed = True
     try:
         yield
+        failed = False
     except OSError as e:
         raise errors.fault(e, workdir) from None
     finally:
         absl_logger.removeFilter(quiet)
-        sys.excepthook = hook
+        if not failed:
+            sys.unraisablehook = hook
 
 
 def _note(progress, text: str) -> None:
+    """A line about the sweep: to the progress display where there is one."""
     if progress is not None and hasattr(progress, "note"):
         progress.note(text)
     else:
@@ -365,6 +387,8 @@ def _train_groups(base, sweep, overrides, points, groups, workdir, *, progress, 
                     if not held:
                         _note(progress, f"{group.id} chunk {chunk_index} is being trained by "
                                         f"{locks.describe(lock.holder)}; skipped")
+                        if hasattr(progress, "skipped"):
+                            progress.skipped(group, chunk_index)
                         continue
                     redo = damaged[chunk_index]
                     if redo is None and chunk_is_finished(workdir, group, chunk_index):

@@ -144,7 +144,11 @@ def resolve_points(base: ml_collections.ConfigDict, sweep: Iterable[Point],
             except KeyError:
                 raise ConfigError(f"the sweep sets {field} = {value!r}, but {field} is not "
                                   "a config field.") from None
-            config_lib.set_field(cfg, field, _jsonable(value))
+            try:
+                config_lib.set_field(cfg, field, _jsonable(value))
+            except ConfigError as e:
+                raise ConfigError(f"the sweep's point {_point_text(values)} sets "
+                                  f"{str(e)[0].lower()}{str(e)[1:]}") from None
         for field, value in overrides.items():
             values.pop(field, None)
             config_lib.set_field(cfg, field, value)
@@ -158,25 +162,49 @@ def resolve_points(base: ml_collections.ConfigDict, sweep: Iterable[Point],
     return points
 
 
+def _point_text(values: Mapping) -> str:
+    return "{" + ", ".join(f"{k}: {v!r}" for k, v in values.items()) + "}"
+
+
 def group_points(points: list[PointSpec]) -> list[Group]:
     """Groups points by static fields, in order of first appearance.
 
     The run length (``train.steps``) is left out of a group's id unless the
     sweep itself varies it, so that a workdir resumed with more steps keeps
-    its groups, checkpoints and results; so are fields added to deadjax later
-    while they hold their defaults (``Field.added``, :func:`deadjax.config.added_fields`).
+    its groups, checkpoints and results; so are the fields that only change
+    what is recorded (``Field.recording``: evaluation and checkpoint
+    intervals, chunk sizes, diagnostics), and fields added to deadjax later
+    while they hold their defaults (``Field.added``). Points a workdir already
+    holds keep the group id its ``points.jsonl`` records
+    (:func:`keep_recorded_groups`), whatever the rule was when they were added.
     """
     groups: dict[str, Group] = {}
     defaults = static_fields(config_lib.default_config())
     run_length, added = set(config_lib.run_length_fields()), set(config_lib.added_fields())
+    recording = set(config_lib.recording_fields())
     for p in points:
         key = {k: v for k, v in static_fields(p.config).items()
-               if (k not in run_length or k in p.values)
+               if (k not in run_length or k in p.values) and k not in recording
                and not (k in added and v == defaults.get(k))}
         gid = "g" + _hash(key, 8)
         p.group = gid
         groups.setdefault(gid, Group(gid, p.config, [])).points.append(p)
     return list(groups.values())
+
+
+def keep_recorded_groups(groups: list[Group], known: Mapping[str, dict]) -> list[Group]:
+    """``groups`` with every point a workdir already holds back in the group
+    its record names (ids computed by an earlier rule, e.g. one that still
+    hashed the evaluation interval): a group splits where its points were
+    recorded under different ids; order of first appearance is kept."""
+    out: dict[str, Group] = {}
+    for g in groups:
+        for p in g.points:
+            gid = known[p.id]["group"] if p.id in known else g.id
+            p.group = gid
+            out.setdefault(gid, Group(gid, g.config, [], g.chunk_size, g.chunk_note)) \
+                .points.append(p)
+    return list(out.values())
 
 
 def chunks(points: Sequence, size: int) -> list[list]:

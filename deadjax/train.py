@@ -151,7 +151,10 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
     cfg = group.config
     total = cfg.train.steps
     n = len(members)
-    size = sharding.population_size(len(group.points), group.chunk_size)
+    # A chunk keeps the members it was given, also when train.max_population
+    # changed since: the population is at least that size.
+    size = max(sharding.population_size(len(group.points), group.chunk_size),
+               sharding.population_size(n, n))
     padded = members + [members[0]] * (size - n)
     seeds = np.asarray([p.config.seed for p in padded], np.int32)
     hparams = compiled.program.hparams_of([p.config for p in padded])
@@ -168,8 +171,10 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
         template = jax.tree.map(lambda a: np.asarray(a)[:n], sharding.to_host(state))
         found = ckpt.restore_latest(template, points=ids, before=redo_before)
         start = 0
+        evaluated: list[int] = []  # every step whose rows this chunk has written
         if found is not None:
-            start, restored, _ = found
+            start, restored, record = found
+            evaluated = [s for s in record.get("evaluations", []) if s <= start]
             state = sharding.shard_members(_pad(restored, size))
             log.info("resuming %s chunk %d at step %d", group.id, chunk_index, start)
             if start >= total:
@@ -209,6 +214,7 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
             if pending is not None:
                 record(*pending)
             pending = (step, scalars, hists if full else {})
+            evaluated.append(step)
             # checkpoint (collective too), after this evaluation's rows
             due = is_checkpoint(step, previous, total, cfg.train.checkpoint_every)
             previous = step
@@ -216,7 +222,7 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
             if due or stopping:
                 record(*pending)
                 pending = None
-                ckpt.save(step, _real(state, n), meta)
+                ckpt.save(step, _real(state, n), dict(meta, evaluations=sorted(set(evaluated))))
             if stopping:
                 ckpt.wait()
                 raise errors.Stopped(group.id, chunk_index, step, total)
