@@ -116,17 +116,18 @@ def leaf_paths(tree) -> list[tuple[str, Any]]:
     return [("/".join(_key_name(k) for k in path), leaf) for path, leaf in flat]
 
 
-# Top-level fields of a state a checkpoint may lack entries of, or hold
-# entries in excess of, the template: the per-member hyperparameters (a pure
-# function of the points' configs) and the diagnostic families' carries (a
-# family added, chosen or dropped since the checkpoint was written). Missing
-# entries come from the template (the configs' values; the families' initial
-# carries), excess ones are left out. Every other leaf must match.
-ADAPTABLE = ("hparams", "carry")
+# Parts of a state a checkpoint may lack entries of, or hold entries in
+# excess of, the template: the per-member hyperparameters (a pure function of
+# the points' configs), the diagnostic families' carries (a family added,
+# chosen or dropped since the checkpoint was written) and the remedies' record
+# of when each unit was last reset (added after remedies). Missing entries
+# come from the template (the configs' values; the initial carries; "never"),
+# excess ones are left out. Every other leaf must match.
+ADAPTABLE = ("hparams", "carry", "interventions/last_reset")
 
 
 def _adaptable(path: str) -> bool:
-    return path.split("/", 1)[0] in ADAPTABLE
+    return any(path == p or path.startswith(p + "/") for p in ADAPTABLE)
 
 
 def _fill(template, saved: dict, where: Path):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import math
 import os
 import re
@@ -355,6 +356,85 @@ def dead_fraction_by_layer(frame: pd.DataFrame) -> Figure:
     return fig
 
 
+def dead_matrix(units: pd.DataFrame, point: str, layer: int, width: int,
+                steps: Sequence[int]) -> np.ndarray:
+    """bool ``(width, len(steps))``: unit ``j`` of ``layer`` dead at evaluation
+    ``steps[k]``, from the point's lifelines (died/revived events)."""
+    out = np.zeros((width, len(steps)), bool)
+    steps = list(steps)
+    e = units[(units.point == point) & (units.layer == layer) & (units.event != "reset")]
+    for unit, rows in e.groupby("unit"):
+        state, idx = False, 0
+        changes = list(zip(rows.step, rows.event))
+        for k, step in enumerate(steps):
+            while idx < len(changes) and changes[idx][0] <= step:
+                state = changes[idx][1] == "died"
+                idx += 1
+            out[int(unit), k] = state
+    return out
+
+
+def unit_lifelines(units: pd.DataFrame, frame: pd.DataFrame, point: str,
+                   widths: Sequence[int]) -> Figure:
+    """One member's units against the evaluation steps: a row per hidden unit
+    (grouped by layer, layer 0 at the top), a column per evaluation, dark
+    where the unit is dead; remedies' resets as marks at their steps. Drawn
+    from ``deadjax.load_units``, the results table (the evaluation steps) and
+    the member's ``model.widths``."""
+    rows = frame[frame.point == point].sort_values("step")
+    if rows.empty:
+        raise KeyError(f"point {point!r} is not in the results table.")
+    steps = rows.step.tolist()
+    widths = [int(w) for w in widths]
+    layers = list(range(len(widths)))
+    mine = units[units.point == point]
+    matrix = np.concatenate([dead_matrix(units, point, l, w, steps)
+                             for l, w in zip(layers, widths)])
+    fig = _figure(6.4, 1.2 + 0.02 * max(matrix.shape[0], 50))
+    ax = fig.subplots()
+    edges = np.concatenate([[steps[0] - 0.5], (np.asarray(steps[:-1]) + np.asarray(steps[1:]))
+                            / 2, [steps[-1] + 0.5]]) if len(steps) > 1 else \
+        np.asarray([steps[0] - 0.5, steps[0] + 0.5])
+    ax.pcolormesh(edges, np.arange(matrix.shape[0] + 1), matrix, cmap="Greys", vmin=0, vmax=1,
+                  shading="flat")
+    offsets = np.concatenate([[0], np.cumsum(widths)])
+    for b in offsets[1:-1]:
+        ax.axhline(b, color="tab:blue", linewidth=0.8)
+    resets = mine[mine.event == "reset"]
+    if len(resets):
+        y = offsets[resets.layer.to_numpy()] + resets.unit.to_numpy() + 0.5
+        ax.scatter(resets.step, y, s=6, color="tab:orange", marker="|", label="reset")
+    ax.set_yticks((offsets[:-1] + offsets[1:]) / 2, [f"layer {l}" for l in layers])
+    ax.invert_yaxis()
+    ax.set_xlabel("step")
+    ax.set_title(f"unit lifelines of {point}", fontsize="medium")
+    _caption(fig, "dark: dead at that evaluation (" + DEAD_DEFINITION + ")"
+             + ("; orange marks: resets by the remedy" if len(resets) else ""))
+    return fig
+
+
+def death_times(units: pd.DataFrame, frame: pd.DataFrame, field: str) -> Figure:
+    """The distribution of the step of each unit's first death (units that
+    die at initialisation included, at step 0), per value of a swept
+    ``field``: a box per value over every unit of every point with it."""
+    first = units[units.event == "died"].groupby(["point", "layer", "unit"]).step.min()
+    values = frame.drop_duplicates("point").set_index("point")[field]
+    data = first.reset_index().assign(value=lambda d: d.point.map(values))
+    keys = sorted(data.value.dropna().unique(), key=lambda v: _sort_key((v,)))
+    fig = _figure()
+    ax = fig.subplots()
+    boxes = [data[data.value == k].step.to_numpy() for k in keys]
+    if boxes:
+        ax.boxplot(boxes, showfliers=True)
+        ax.set_xticks(range(1, len(keys) + 1), [_fmt(k) for k in keys])
+    ax.set_xlabel(field)
+    ax.set_ylabel("step of first death")
+    counts = ", ".join(f"{_fmt(k)}: {len(b)}" for k, b in zip(keys, boxes))
+    ax.set_title(f"time of death by {field}", fontsize="medium")
+    _caption(fig, f"units that died, per value ({counts}); " + DEAD_DEFINITION)
+    return fig
+
+
 def final_vs_hyperparameter(frame: pd.DataFrame, metric: str, field: str) -> Figure:
     """``metric`` at each point's last step against the swept ``field``.
 
@@ -489,7 +569,9 @@ def numeric_swept_fields(frame: pd.DataFrame) -> list[str]:
     return out
 
 
-def default_set(frame: pd.DataFrame, metrics: Sequence[str] = ()) -> list[tuple[str, Figure]]:
+def default_set(frame: pd.DataFrame, metrics: Sequence[str] = (),
+                units: pd.DataFrame | None = None,
+                widths: dict | None = None) -> list[tuple[str, Figure]]:
     """The figures a researcher wants first, as ``(file stem, Figure)`` pairs,
     without writing anything.
 
@@ -497,7 +579,10 @@ def default_set(frame: pd.DataFrame, metrics: Sequence[str] = ()) -> list[tuple[
     train/accuracy, test/loss), ``train_loss``, ``dead_fraction`` when
     ``dead_fraction/*`` columns exist, ``final_<headline>_vs_<field>`` per
     numeric swept field other than seed with more than one value, then one
-    curve per extra metric of ``metrics`` not drawn already.
+    curve per extra metric of ``metrics`` not drawn already; with the unit
+    lifelines (``units``, and ``widths``: point -> its ``model.widths``),
+    ``units_<point>`` for the sweep's first point and
+    ``death_times_vs_<field>`` per swept field other than seed.
     """
     for metric in metrics:
         check_metric(frame, metric)
@@ -515,6 +600,12 @@ def default_set(frame: pd.DataFrame, metrics: Sequence[str] = ()) -> list[tuple[
     for metric in dict.fromkeys(metrics):
         if metric not in curves:
             drawn.append((file_stem(metric), metric_curves(frame, metric)))
+    if units is not None and len(units) and widths:
+        first = sorted(frame.point.unique())[0]
+        drawn.append((f"units_{file_stem(first)}",
+                      unit_lifelines(units, frame, first, widths[first])))
+        for field in [f for f in configuration_fields(frame)]:
+            drawn.append((f"death_times_vs_{file_stem(field)}", death_times(units, frame, field)))
     return drawn
 
 
@@ -528,7 +619,13 @@ def default_figures(workdir, out_dir=None, *, formats: Sequence[str] = ("png",),
     """
     frame = results.load_results(workdir)
     formats = check_formats(formats)
-    drawn = default_set(frame, metrics)  # draws (and checks metrics) before writing
+    try:
+        units = results.load_units(workdir)
+        resolved = results.resolved_fields(workdir).set_index("point")["model.widths"]
+        widths = {p: json.loads(w) for p, w in resolved.items()}
+    except FileNotFoundError:
+        units, widths = None, None
+    drawn = default_set(frame, metrics, units, widths)  # draws (and checks) before writing
     out = Path(out_dir) if out_dir is not None else Path(workdir) / "figures"
     written, entries = [], []
     for stem, fig in drawn:

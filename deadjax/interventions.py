@@ -523,7 +523,9 @@ class Chain(NamedTuple):
     """The remedies a group compiles in, for one member at a time.
 
     ``init()`` is ``MemberState.interventions``: ``{}`` without a remedy,
-    else the cumulative ``units_reset`` count per hidden layer and each
+    else the cumulative ``units_reset`` count per hidden layer, per unit the
+    step after which a remedy last acted on it (``last_reset``, -1 before any;
+    the unit lifelines' reset events), and each
     stateful remedy's state under its ``state_key``. ``update(state,
     observation, member, diverged, every_step)`` applies the remedies of one
     kind (every step, or periodic) and returns ``(state, params, reinit)``:
@@ -532,7 +534,11 @@ class Chain(NamedTuple):
     that kind re-initialises)."""
     remedies: tuple
     transforms: tuple
-    num_layers: int
+    widths: tuple
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.widths)
 
     @property
     def every_step(self) -> bool:
@@ -545,7 +551,9 @@ class Chain(NamedTuple):
     def init(self) -> dict:
         if not self.remedies:
             return {}
-        out = {"units_reset": jnp.zeros((self.num_layers,), jnp.int32)}
+        out = {"units_reset": jnp.zeros((self.num_layers,), jnp.int32),
+               # per unit, the step after which a remedy last acted on it (-1: never)
+               "last_reset": tuple(jnp.full((w,), -1, jnp.int32) for w in self.widths)}
         for r, t in zip(self.remedies, self.transforms):
             if r.state_key is not None:
                 out[r.state_key] = t.init()
@@ -571,7 +579,9 @@ class Chain(NamedTuple):
                 state = dict(state, **{r.state_key: _where(use, new, old)})
             if edit.counted is not None:
                 counts = jnp.stack([(u & use).sum(dtype=jnp.int32) for u in edit.counted])
-                state = dict(state, units_reset=state["units_reset"] + counts)
+                last = tuple(jnp.where(u & use, member.step, t)
+                             for u, t in zip(edit.counted, state["last_reset"]))
+                state = dict(state, units_reset=state["units_reset"] + counts, last_reset=last)
             if edit.params is not None:
                 params = _where(use, edit.params, params)
             if edit.reinit is not None:
@@ -588,4 +598,4 @@ def chain(methods: Sequence[str], config, widths: Sequence[int]) -> Chain:
     """The :class:`Chain` of the remedies named in ``methods`` (registry order)."""
     remedies = tuple(REMEDIES[m] for m in used_by(methods))
     widths = tuple(int(w) for w in widths)
-    return Chain(remedies, tuple(r.make(config, widths) for r in remedies), len(widths))
+    return Chain(remedies, tuple(r.make(config, widths) for r in remedies), widths)

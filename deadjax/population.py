@@ -16,7 +16,8 @@ with a leading member axis):
 - ``observe(state, evidence)``: the one place the carry between evaluations
   is updated (divergence flags, the previous dead masks, born-dead);
 - ``train_chunk(state, data, stop, full)``: steps up to ``stop``, then
-  evaluate and observe; the one program a group compiles
+  evaluate and observe: ``(state, scalars, tables)``; the one program a group
+  compiles
   (:func:`compiled`, cached on the spec), with ``stop`` and ``full`` traced so
   chunks of any length, and the step-0 evaluation, reuse it.
 
@@ -466,7 +467,11 @@ def make_program(spec: GroupSpec) -> Program:
     def train_chunk(state: MemberState, data: dict, stop, full):
         """Every member trained to step ``stop`` (all members share the step;
         ``stop`` equal to it evaluates only), then evaluated and observed:
-        ``(state, scalars, histograms)``.
+        ``(state, scalars, tables)``: ``tables["histograms"]`` (at full
+        evaluations; :func:`deadjax.diagnostics.measure_full`) and
+        ``tables["units"]`` (per hidden layer, each unit's dead flag at this
+        evaluation, and with remedies the step of its last reset), what the
+        histogram and unit-lifeline tables are written from.
 
         A periodic remedy due at ``stop`` acts after the evaluation: the
         evaluation measures the network it acts on, and the ``units_reset``
@@ -488,11 +493,18 @@ def make_program(spec: GroupSpec) -> Program:
 
         state, loss, acc = jax.lax.fori_loop(0, jnp.maximum(n, 0), body, (state, zero, zero))
         scalars, hists, evidence = evaluate(state, data, full)
+        # Per unit, for the lifelines table: dead at this evaluation, and the
+        # step of each unit's last reset (read before this step's remedies).
+        units = {}
+        if evidence.dead is not None:
+            units["dead"] = evidence.dead
         with jax.default_matmul_precision("float32"):
             state = observe(state, evidence)
         if remedies.periodic:
             state = jax.lax.cond((n > 0) & is_periodic_step(state),
                                  lambda s: periodic_remedies(s, data), lambda s: s, state)
+        if state.interventions:
+            units["last_reset"] = state.interventions["last_reset"]
         with jax.default_matmul_precision("float32"):
             scalars = {**scalars, **jax.vmap(report_member)(state)}
         scalars["train/online_loss"] = loss / n
@@ -501,7 +513,7 @@ def make_program(spec: GroupSpec) -> Program:
         if task_plan.kind != "stationary":
             scalars["task"] = jnp.broadcast_to(task_plan.evaluated(state.step[0]),
                                                state.step.shape)
-        return state, scalars, hists
+        return state, scalars, {"histograms": hists, "units": units}
 
     return Program(spec=spec, init=init, step=step, evaluate=evaluate, observe=observe,
                    train_chunk=train_chunk, periodic=periodic_remedies, apply=apply,
@@ -529,8 +541,9 @@ class Compiled:
 
     def train_chunk(self, state, data, stop, full=True):
         """Trains every member to step ``stop`` (a host int; the current step
-        evaluates only), then evaluates them: ``(state, scalars, histograms)``.
-        ``full``: whether this evaluation computes the costly diagnostics too."""
+        evaluates only), then evaluates them: ``(state, scalars, tables)``
+        (:func:`make_program`'s ``train_chunk``). ``full``: whether this
+        evaluation computes the costly diagnostics too."""
         return self.chunk(state, data, jnp.asarray(stop, jnp.int32), jnp.asarray(full, bool))
 
 

@@ -311,3 +311,99 @@ def load_results(workdir, on_damaged: str = "raise", fields: str = "swept") -> p
     else:
         frame = frame[head + swept + sorted(metric_cols)]
     return frame.sort_values(["point", "step"], kind="stable").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------
+# Unit lifelines
+# --------------------------------------------------------------------------
+
+UNITS = "units.parquet"
+EVENTS = ("died", "revived", "reset")
+
+
+class Lifelines:
+    """The host's record of one chunk's units between evaluations, turning
+    each evaluation's dead masks into events (docs/metrics.md, "Unit
+    lifelines"): a unit **died** at the first evaluation that sees it dead
+    (step 0 for one dead at initialisation) and again at each later one after
+    a revival; it **revived** at the first evaluation that sees it alive after
+    being dead; it was **reset** at the step of its last reset by a remedy
+    since the previous evaluation (``interventions.*``; several resets in one
+    interval are one event)."""
+
+    def __init__(self, members: Sequence):
+        self.members = list(members)
+        self.dead: list | None = None       # per layer, bool (members, width)
+        self.step = -1                      # the previous evaluation's step
+
+    def resume(self, step: int, state) -> None:
+        """Continues from a restored state (its dead masks of ``step``)."""
+        if bool(np.asarray(state.has_prev).all()):
+            self.dead = [np.asarray(d, bool) for d in state.prev_dead]
+        self.step = int(step)
+
+    def events(self, step: int, units: Mapping) -> pd.DataFrame:
+        """The events between the previous evaluation and this one (``units``:
+        the program's ``tables["units"]``, arrays with a member axis)."""
+        n = len(self.members)
+        dead = [np.asarray(d, bool)[:n] for d in units["dead"]]
+        rows: dict = {"point": [], "layer": [], "unit": [], "step": [], "event": []}
+
+        def add(mask, event, steps=None):
+            m, u = np.nonzero(mask)
+            rows["point"] += [self.members[i].id for i in m]
+            rows["layer"] += [layer] * len(m)
+            rows["unit"] += u.tolist()
+            rows["step"] += (steps[m, u].tolist() if steps is not None else [step] * len(m))
+            rows["event"] += [event] * len(m)
+
+        for layer, now in enumerate(dead):
+            before = self.dead[layer] if self.dead is not None else np.zeros_like(now)
+            add(now & ~before, "died")
+            add(before & ~now, "revived")
+            if "last_reset" in units:
+                last = np.asarray(units["last_reset"][layer])[:n]
+                add((last > self.step) & (last <= step), "reset", last)
+        self.dead, self.step = dead, int(step)
+        frame = pd.DataFrame(rows)
+        return frame.astype({"point": str, "layer": np.int32, "unit": np.int32,
+                             "step": np.int64, "event": str})
+
+
+def write_units(workdir, group: str, chunk: int, step: int, events: pd.DataFrame) -> Path:
+    """One part of ``DIR/units.parquet`` (written also when empty, so a
+    rewritten step replaces it whole)."""
+    path = Path(workdir) / UNITS / group / f"chunk_{chunk:04d}" / f"step_{step:09d}.parquet"
+    return atomic_write_parquet(path, events.assign(group=group))
+
+
+def load_units(workdir, on_damaged: str = "raise") -> pd.DataFrame:
+    """The unit lifelines of a workdir: one row per (point, layer, unit,
+    event), columns ``point, group, layer, unit, step, event`` (``died``,
+    ``revived``, ``reset``) and ``dead_at_end`` (whether the unit is dead at
+    the point's last evaluation), sorted by point, layer, unit and step (a
+    unit's death at a step comes before a reset at the same step: the
+    evaluation measures the state before a remedy acts)."""
+    root = Path(workdir) / UNITS
+    parts = sorted(root.glob("*/chunk_*/step_*.parquet")) if root.exists() else []
+    if not parts:
+        raise FileNotFoundError(f"{root} holds no unit lifelines: they are written at "
+                                "evaluations with diagnostics on.")
+    frames = []
+    for path in parts:
+        try:
+            frames.append(read_part(path))
+        except DamagedFile as e:
+            if on_damaged == "raise":
+                raise
+            warnings.warn(str(e), DamagedPartWarning, stacklevel=2)
+    frame = pd.concat(frames, ignore_index=True).drop_duplicates()
+    order = {e: i for i, e in enumerate(EVENTS)}
+    frame = frame.assign(_o=frame.event.map(order)).sort_values(
+        ["point", "layer", "unit", "step", "_o"], kind="stable").drop(columns="_o")
+    last = frame[frame.event != "reset"].groupby(["point", "layer", "unit"]).event.last()
+    dead_at_end = (last == "died").rename("dead_at_end").reset_index()
+    frame = frame.merge(dead_at_end, on=["point", "layer", "unit"], how="left")
+    frame["dead_at_end"] = frame["dead_at_end"].fillna(False).astype(bool)
+    cols = ["point", "group", "layer", "unit", "step", "event", "dead_at_end"]
+    return frame[cols].reset_index(drop=True)

@@ -239,7 +239,7 @@ def heal_chunk(workdir: Path, group, chunk: int, progress=None) -> int | None:
     latest = checkpoints.latest_step(workdir, group.id, chunk)
     schedule = set(train.evaluation_steps(0, cfg.train.steps, cfg.train.eval_every)) | {0}
     first = None
-    for table in (results.RESULTS, results.HISTOGRAMS):
+    for table in (results.RESULTS, results.HISTOGRAMS, results.UNITS):
         for step, path in sorted(results.chunk_parts(workdir, group.id, chunk, table).items()):
             if results.part_is_readable(path):
                 continue

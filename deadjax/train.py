@@ -8,10 +8,11 @@ step or per member):
 1. **program call**: the group's one compiled program trains every member to
    the evaluation's step and evaluates them (the step-0 evaluation is the same
    program with no step to take). JAX dispatches it and returns at once;
-2. while the device runs it, the host records the *previous* evaluation
-   (:func:`_record`): **device to host** (its scalars and, at full
+2. while the device runs it, the host records the *previous* evaluation:
+   **device to host** (its scalars, each unit's dead flag and, at full
    evaluations, histograms, as NumPy arrays), **rows** of the results table
-   (and histograms), **summaries** (TensorBoard events), **progress**;
+   (and histograms, and the unit lifelines' events since the evaluation
+   before), **summaries** (TensorBoard events), **progress**;
 3. **checkpoint** (:func:`is_checkpoint`: at the first evaluation at or
    after each multiple of ``train.checkpoint_every``, and at the last step):
    the host first records this evaluation, then starts saving the real
@@ -172,9 +173,11 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
         found = ckpt.restore_latest(template, points=ids, before=redo_before)
         start = 0
         evaluated: list[int] = []  # every step whose rows this chunk has written
+        lifelines = results.Lifelines(members)  # each unit's dead flag, step to step
         if found is not None:
             start, restored, record = found
             evaluated = [s for s in record.get("evaluations", []) if s <= start]
+            lifelines.resume(start, restored)
             state = sharding.shard_members(_pad(restored, size))
             log.info("resuming %s chunk %d at step %d", group.id, chunk_index, start)
             if start >= total:
@@ -182,11 +185,13 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
         if progress is not None and writer:
             progress.begin(group, chunk_index, start, n)
 
-        def record(step, scalars, hists):
+        def record(step, scalars, tables, full):
             """The host's work for one evaluation, in order."""
             # device to host (collective: every process takes part)
             host = sharding.to_host(scalars)
-            host_hists = sharding.to_host(hists) if hists else {}
+            host_hists = sharding.to_host(tables["histograms"]) if full and tables["histograms"] \
+                else {}
+            units = sharding.to_host(tables["units"])
             if not writer:
                 return
             # rows
@@ -195,6 +200,9 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
             if host_hists:
                 results.write_histograms(workdir, group.id, chunk_index, step, members,
                                          host_hists)
+            if "dead" in units:
+                results.write_units(workdir, group.id, chunk_index, step,
+                                    lifelines.events(step, units))
             # summaries
             if summaries is not None:
                 summaries.write_evaluation(members, step, host, host_hists,
@@ -210,10 +218,10 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
                                                                    cfg.train.eval_every):
             full = is_full_evaluation(step, total, cfg)
             # the program call (asynchronous), then the previous evaluation's host work
-            state, scalars, hists = compiled.train_chunk(state, data, step, full)
+            state, scalars, tables = compiled.train_chunk(state, data, step, full)
             if pending is not None:
                 record(*pending)
-            pending = (step, scalars, hists if full else {})
+            pending = (step, scalars, tables, full)
             evaluated.append(step)
             # checkpoint (collective too), after this evaluation's rows
             due = is_checkpoint(step, previous, total, cfg.train.checkpoint_every)

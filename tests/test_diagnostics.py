@@ -41,7 +41,8 @@ def _numpy_backprop(params, x, y, num_classes):
 
 def test_gradient_flow_and_signal_metrics_match_numpy():
     cfg, pop, dd, state = _setup()
-    state, scalars, hists = jax.device_get(_evaluate(pop, state, dd))
+    state, scalars, tables = jax.device_get(_evaluate(pop, state, dd))
+    hists = tables["histograms"]
     x, y = np.asarray(dd["probe"][0], np.float64), np.asarray(dd["probe"][1])
     for m in range(2):
         params = jax.tree.map(lambda a: np.asarray(a[m]), state.params)

@@ -456,3 +456,29 @@ def test_cli_formats_and_index(workdir, tmp_path):
     assert sorted(set(page.links)) == sorted(p.name for p in printed[:-1])
     assert page.imgs == [p.name for p in printed if p.suffix == ".svg"]  # SVG shown without PNG
     assert "dead_fraction/layer_0" in page.h2
+
+
+def test_unit_lifelines_raster_and_death_times_follow_the_events():
+    """The raster's matrix is each unit's dead state replayed from its events
+    at every evaluation step; the death-time boxes count the units whose first
+    death falls in each swept value's points."""
+    import pandas as pd
+    from deadjax import figures
+    steps = [0, 10, 20, 30]
+    frame = pd.DataFrame({"point": ["a"] * 4 + ["b"] * 4, "group": "g", "step": steps * 2,
+                          "optim.learning_rate": [0.1] * 4 + [1.0] * 4,
+                          "dead_fraction/layer_0": 0.0})
+    units = pd.DataFrame([("a", "g", 0, 1, 10, "died", False), ("a", "g", 0, 1, 20, "revived", False),
+                          ("a", "g", 1, 0, 0, "died", True), ("a", "g", 1, 0, 20, "reset", True),
+                          ("b", "g", 0, 2, 30, "died", True)],
+                         columns=["point", "group", "layer", "unit", "step", "event", "dead_at_end"])
+    matrix = figures.dead_matrix(units, "a", 0, 3, steps)
+    np.testing.assert_array_equal(matrix, [[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(figures.dead_matrix(units, "a", 1, 2, steps),
+                                  [[1, 1, 1, 1], [0, 0, 0, 0]])
+    fig = figures.unit_lifelines(units, frame, "a", widths=(3, 2))
+    (mesh,) = fig.axes[0].collections[:1]
+    np.testing.assert_array_equal(np.asarray(mesh.get_array()).reshape(5, 4),
+                                  np.concatenate([matrix, [[1, 1, 1, 1], [0, 0, 0, 0]]]))
+    fig = figures.death_times(units, frame, "optim.learning_rate")
+    assert "0.1: 2, 1: 1" in figures.figure_text(fig, "x")[1]

@@ -291,3 +291,46 @@ def test_workdir_from_before_a_changed_default_is_refused_then_resumes(tmp_path)
                      tmp_path, tensorboard=False)
     frame = deadjax.load_results(tmp_path)
     assert sorted(frame.step.unique()) == [0, 10, 20, 30] and frame.group.nunique() == 1
+
+
+def _dead_from_events(units, point, layer, step):
+    """The units the lifelines say are dead at an evaluation step."""
+    e = units[(units.point == point) & (units.layer == layer) & (units.step <= step)
+              & (units.event != "reset")]
+    last = e.groupby("unit").event.last()
+    return set(last[last == "died"].index)
+
+
+def test_unit_lifelines_agree_with_the_results_and_survive_a_resume(tmp_path):
+    """At every evaluation the units the lifelines say are dead number
+    dead_fraction/layer_L x width, for every point and layer; ReDo's resets
+    are events at their steps; 20 steps then a rerun to 40 give the events of
+    40 steps at once, without duplicates."""
+    fields = dict(optim__learning_rate=0.2, train__steps=40, train__eval_every=5,
+                  train__checkpoint_every=10, diagnostics__families=("dead",),
+                  interventions__every=10, interventions__redo_tau=0.3)
+    points = sweep.product({"interventions.method": ["none", "redo"], "seed": [0, 1]})
+    runner.run_sweep(tiny_config(**fields), points, tmp_path / "once", tensorboard=False)
+    frame = deadjax.load_results(tmp_path / "once")
+    units = deadjax.load_units(tmp_path / "once")
+    assert {"died", "reset"} <= set(units.event)
+    for point, rows in frame.groupby("point"):
+        for step, dead_fraction in zip(rows.step, rows["dead_fraction/layer_1"]):
+            assert len(_dead_from_events(units, point, 1, step)) == round(dead_fraction * 8)
+        for step, dead_fraction in zip(rows.step, rows["dead_fraction/layer_0"]):
+            assert len(_dead_from_events(units, point, 0, step)) == round(dead_fraction * 10)
+    redo = frame[frame["interventions.method"] == "redo"].point.unique()
+    resets = units[units.event == "reset"]
+    assert set(resets.point) <= set(redo) and (resets.step % 10 == 0).all()
+    final = frame.sort_values("step").groupby("point").tail(1).set_index("point")
+    ends = units.drop_duplicates(["point", "layer", "unit"]).groupby("point").dead_at_end.sum()
+    for point in final.index:
+        expected = round(final.loc[point, "dead_fraction/layer_0"] * 10
+                         + final.loc[point, "dead_fraction/layer_1"] * 8)
+        assert ends.get(point, 0) == expected
+    runner.run_sweep(tiny_config(**dict(fields, train__steps=20)), points, tmp_path / "twice",
+                     tensorboard=False)
+    runner.run_sweep(tiny_config(**fields), points, tmp_path / "twice", tensorboard=False)
+    twice = deadjax.load_units(tmp_path / "twice")
+    assert not twice.duplicated(["point", "layer", "unit", "step", "event"]).any()
+    pd.testing.assert_frame_equal(twice, units)
