@@ -183,10 +183,10 @@ BASE_FIELDS: tuple[Field, ...] = (
           "batch its loss is taken on when data.batch_size > 0 (data.sharpness_indices; "
           "full batch: the whole training set)", integer(low=1), added=ADDED_SHARPNESS),
     Field("diagnostics.sharpness_iters", 100, "sharpness: at most this many Hessian-vector "
-          "products (power iterations) per evaluation", integer(low=1),
+          "products (Lanczos steps) per evaluation", integer(low=1),
           added=ADDED_SHARPNESS),
-    Field("diagnostics.sharpness_tol", 1e-3, "sharpness: power iteration stops when "
-          "||Hv - lambda v|| <= this times |lambda|",
+    Field("diagnostics.sharpness_tol", 1e-3, "sharpness: Lanczos stops when the Ritz "
+          "residual ||Hy - theta y|| <= this times |theta|",
           real(0.0, 1.0, low_open=True, high_open=True), added=ADDED_SHARPNESS),
     # ------------------------------------------------------- interventions
     Field("interventions.method", "none", "remedy applied during training (per member): "

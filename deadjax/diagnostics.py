@@ -14,8 +14,8 @@ first and the last). A new diagnostic is one function and its entry here.
 The ``sharpness`` family (off by default) is the exception to "on the probe
 batch, in eval mode": it takes the top eigenvalue of the Hessian of the
 member's training objective (``Context.objective``, built by the trainer) on
-the sharpness batch (``Probe.loss_inputs``), in training mode, by power
-iteration warm-started from the eigenvector it carries.
+the sharpness batch (``Probe.loss_inputs``), in training mode, by the
+Lanczos method, warm-started from the eigenvector it carries.
 
 Everything here measures: state in, scalars out. Updating what the trainer
 carries from one evaluation to the next (the previous dead masks, the
@@ -289,7 +289,7 @@ SHARPNESS_VECTOR_KEY = 0x73687270   # "shrp"
 
 
 def _sharpness_carry(ctx: Context, params) -> dict:
-    """The ``sharpness`` family's carry: the vector the next power iteration
+    """The ``sharpness`` family's carry: the vector the next Lanczos run
     starts from. Initially a fixed pseudo-random unit vector shaped like the
     parameters: leaf ``i`` (in ``jax.tree.leaves`` order) is a standard normal
     draw of ``fold_in(PRNGKey(SHARPNESS_VECTOR_KEY), i)``, and the whole is
@@ -412,6 +412,22 @@ def measure(probe: Probe, ctx: Context) -> tuple[dict, dict]:
             values, carries[fam.name] = values
         out.update(values)
     return out, carries
+
+
+def for_full(probe: Probe, values: dict) -> Probe:
+    """What the full evaluation reads of ``probe`` once :func:`measure` gave
+    ``values``: the sharpness family's inputs dropped (the full families do
+    not read them, and the sharpness batch would otherwise leave the vmap
+    copied once per member) and, where that family ran, ``cap["pre"][0]``
+    made to depend on its result (:func:`_after`, an exact identity), so
+    that its batched ``eigh`` has finished before the full families' QR and
+    eigensolvers start."""
+    probe = probe._replace(loss_inputs=None)
+    if "sharpness_iterations" in values and probe.cap["pre"]:
+        pre = list(probe.cap["pre"])
+        pre[0] = _after(pre[0], values["sharpness_iterations"].astype(pre[0].dtype))
+        probe = probe._replace(cap={**probe.cap, "pre": pre})
+    return probe
 
 
 def measure_full(probe: Probe, ctx: Context):

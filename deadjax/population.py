@@ -434,9 +434,7 @@ def make_program(spec: GroupSpec) -> Program:
         scalars.update(values)
         evidence = Evidence(finite, diagnostics.dead_masks(probe, diag),
                             scalars["output_constant"] > 0, carry)
-        # The full evaluation does not read the sharpness batch: left out of
-        # what leaves the vmap, so it is not copied once per member.
-        return scalars, probe._replace(loss_inputs=None), evidence
+        return scalars, diagnostics.for_full(probe, values), evidence
 
     def evaluate(state: MemberState, data: dict, full):
         """Every member's measurements on the task of the last step taken:

@@ -647,7 +647,7 @@ def test_invariant_to_probe_order(name):
 
 
 # ---------------------------------------------------------------------------
-# hessian_top_eigenvalue: power iteration on Hessian-vector products
+# hessian_top_eigenvalue: Lanczos on Hessian-vector products
 # ---------------------------------------------------------------------------
 
 def _quadratic(a):
@@ -679,8 +679,9 @@ def _v0(n, seed):
 def test_hessian_top_eigenvalue_matches_eigvalsh(case):
     """The largest (not the largest-magnitude) eigenvalue of A, for a spectrum
     whose dominant eigenvalue is the largest, one whose dominant eigenvalue
-    is negative (the shifted second phase), and one entirely negative; the
-    eigenvector is the top one (|cos| ~ 1) and of unit norm."""
+    is negative, and one entirely negative; the eigenvector is the top one
+    (|cos| ~ 1) and of unit norm. With krylov_dim = 3 the same answer comes
+    through restarts (more products than one cycle holds)."""
     rng = np.random.default_rng(1)
     rest = rng.uniform(-1.0, 1.0, size=18)
     top = {"positive": [5.0, -3.0], "negative_dominates": [2.0, -6.0],
@@ -697,14 +698,19 @@ def test_hessian_top_eigenvalue_matches_eigvalsh(case):
     np.testing.assert_allclose(np.linalg.norm(flat), 1.0, rtol=1e-5)
     top_vector = q[:, np.argmax(values)]
     assert abs(flat @ top_vector) > 0.999
+    lam3, _, used3 = jax.jit(lambda p, v: M.hessian_top_eigenvalue(
+        loss, p, v, 2000, 1e-5, krylov_dim=3))(params, _v0(20, 3))
+    np.testing.assert_allclose(lam3, expected, rtol=1e-4)
+    assert 3 < int(used3) < 2000
 
 
 def test_hessian_top_eigenvalue_stops_at_the_tolerance_and_warm_starts():
-    """The stopping rule is ||Hv - lambda v|| <= tol |lambda| at the returned
-    vector, so the returned value is within tol |lambda| of an eigenvalue;
-    restarted from the returned vector it stops after one product; a budget
-    that is too small returns after exactly num_iters products a Rayleigh
-    quotient, which is below lambda_max."""
+    """The stopping rule is ||Hy - theta y|| <= tol |theta| at the returned
+    Ritz pair (checked here in float64 with the matrix), so the value is
+    within tol |theta| of an eigenvalue; started again from the returned
+    vector it stops after one product; a budget too small to converge
+    returns after exactly num_iters products a Ritz value, which is below
+    lambda_max (interlacing)."""
     values = np.concatenate([[4.0, 3.6], np.linspace(-1.0, 1.0, 18)])
     a, _ = _spectrum_matrix(values, 5)
     a32 = a.astype(np.float32)
@@ -717,10 +723,10 @@ def test_hessian_top_eigenvalue_stops_at_the_tolerance_and_warm_starts():
     assert residual <= 1.01e-4 * abs(float(lam))
     assert abs(float(lam) - 4.0) <= 1e-4 * 4.0
     lam2, _, used2 = run(params, vec, 5000)
-    assert int(used2) == 1 and int(used) > 10
+    assert int(used2) == 1 and int(used) > 1
     np.testing.assert_allclose(lam2, lam, rtol=1e-6)
-    short, _, used3 = run(params, _v0(20, 1), 3)
-    assert int(used3) == 3 and float(short) < 4.0
+    short, _, used3 = run(params, _v0(20, 1), 2)
+    assert int(used3) == 2 and float(short) < 4.0
 
 
 def test_hessian_top_eigenvalue_of_a_network_loss_matches_the_full_hessian():
