@@ -44,6 +44,7 @@ REGRESSION_DATASETS = data.REGRESSION_DATASETS
 
 ADDED_2026_11_27 = "2026-11-27"   # full evaluations, non-stationary tasks, interventions
 ADDED_2026_12_01 = "2026-12-01"   # own datasets: arrays, cifar10
+ADDED_SHARPNESS = "2026-12-01"    # the sharpness family's settings
 
 
 def _widths(f, v):
@@ -173,12 +174,23 @@ BASE_FIELDS: tuple[Field, ...] = (
           "sup|phi'|", real(0.0, 1.0, low_open=True, high_open=True), recording=True),
     Field("diagnostics.jacobian_probe_size", 8, "probe inputs of the Jacobian singular "
           "values", integer(low=1), recording=True),
-    Field("diagnostics.families", diagnostics.FAMILY_NAMES, "diagnostic families computed "
-          "(deadjax.diagnostics.FAMILIES)", _families, recording=True),
+    Field("diagnostics.families", diagnostics.DEFAULT_FAMILIES, "diagnostic families "
+          "computed (deadjax.diagnostics.FAMILIES; 'sharpness' is off by default)", _families,
+          recording=True),
     Field("diagnostics.histogram_bins", 41, "bins of the stored histograms", integer(low=2), recording=True),
     Field("diagnostics.full_every", 20, "percentiles, Jacobian, rank and histograms every "
           "this many evaluations (and at the first and last)", integer(low=1),
           added=ADDED_2026_11_27, recording=True),
+    Field("diagnostics.sharpness_batch", 1024, "sharpness: training examples of the fixed "
+          "batch its loss is taken on when data.batch_size > 0 (data.sharpness_indices; "
+          "full batch: the whole training set)", integer(low=1), added=ADDED_SHARPNESS,
+          recording=True),
+    Field("diagnostics.sharpness_iters", 100, "sharpness: at most this many Hessian-vector "
+          "products (Lanczos steps) per evaluation", integer(low=1),
+          added=ADDED_SHARPNESS, recording=True),
+    Field("diagnostics.sharpness_tol", 1e-3, "sharpness: Lanczos stops when the Ritz "
+          "residual ||Hy - theta y|| <= this times |theta|",
+          real(0.0, 1.0, low_open=True, high_open=True), added=ADDED_SHARPNESS, recording=True),
     # ------------------------------------------------------- interventions
     Field("interventions.method", "none", "remedy applied during training (per member): "
           "none or a name of deadjax.interventions.REMEDIES",

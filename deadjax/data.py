@@ -59,6 +59,9 @@ Every dataset goes through the same two steps (:func:`load`):
 The probe batch (:func:`probe_indices`, :func:`probe_batch`) is the fixed set of
 training inputs that the diagnostics are taken on (DESIGN.md, "When and on what
 diagnostics are taken"): it depends only on the data config and ``data.seed``.
+The sharpness diagnostic's loss is taken on the whole training set under full
+batch and otherwise on another fixed draw (:func:`sharpness_indices`), which
+the program gathers from the training split it already holds.
 
 :func:`batch_indices` chooses a member's minibatch at a step as a pure function
 of the step and the member's key, so it runs inside ``jit``/``scan``/``vmap``
@@ -106,6 +109,8 @@ STD_EPSILON = 1e-6
 
 # The constant that separates the probe batch's random stream from data.seed.
 _PROBE_STREAM = 0x70726F62   # "prob"
+# ... and the sharpness batch's (diagnostics.sharpness_batch).
+_SHARPNESS_STREAM = 0x73687270   # "shrp"
 
 # Accepted file names for mnist / fashion_mnist (both datasets use the same IDX
 # names, so each dataset needs its own folder, or one of SUBFOLDERS below).
@@ -1113,6 +1118,33 @@ def probe_indices(config) -> np.ndarray:
 def probe_batch(config) -> np.ndarray:
     """The probe inputs: ``x_train[probe_indices(config)]``, standardised as fed."""
     return load(config).x_train[probe_indices(config)]
+
+
+def sharpness_indices(config, n_train: int | None = None) -> np.ndarray | None:
+    """Sorted, distinct indices into ``x_train`` of the examples whose training
+    loss the ``sharpness`` diagnostic takes the Hessian of, or None for the
+    whole training set.
+
+    Full batch (``data.batch_size = 0``): None, the objective gradient
+    descent descends. Otherwise ``min(diagnostics.sharpness_batch, n_train)``
+    indices drawn without replacement with
+    ``np.random.default_rng([data.seed, <sharpness constant>])`` (a stream of
+    its own, so the batch is not the probe batch), fixed for the run: they
+    depend on the data config, ``data.seed`` and the batch size only, never on
+    the member's ``seed``; None when they would be every example.
+    ``n_train`` (the training set's size) saves loading the data when known.
+    """
+    d = config.data
+    if int(d.batch_size) == 0:
+        return None
+    n = num_train(config) if n_train is None else int(n_train)
+    size = min(int(config.diagnostics.sharpness_batch), n)
+    if size == n:
+        return None
+    rng = np.random.default_rng([int(d.seed), _SHARPNESS_STREAM])
+    idx = np.sort(rng.choice(n, size=size, replace=False)).astype(np.int64)
+    idx.setflags(write=False)
+    return idx
 
 
 # --------------------------------------------------------------------------

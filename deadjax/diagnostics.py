@@ -11,6 +11,12 @@ dL/dz_l``). The diagnostic families of :data:`FAMILIES` (a registry, chosen by
 layer) at full evaluations only (every ``diagnostics.full_every``-th, the
 first and the last). A new diagnostic is one function and its entry here.
 
+The ``sharpness`` family (off by default) is the exception to "on the probe
+batch, in eval mode": it takes the top eigenvalue of the Hessian of the
+member's training objective (``Context.objective``, built by the trainer) on
+the sharpness batch (``Probe.loss_inputs``), in training mode, by the
+Lanczos method, warm-started from the eigenvector it carries.
+
 Everything here measures: state in, scalars out. Updating what the trainer
 carries from one evaluation to the next (the previous dead masks, the
 born-dead flag) is the trainer's (:func:`deadjax.population.make_program`'s
@@ -30,12 +36,27 @@ import jax.numpy as jnp
 from deadjax import activations, metrics, models
 
 
+class LossInputs(NamedTuple):
+    """What the member's training objective needs besides its parameters and
+    batch statistics (the ``sharpness`` family): the examples it is taken on
+    (the sharpness batch, :func:`deadjax.data.sharpness_indices`), the
+    member's hyperparameters, the keyword arguments its remedies give the
+    model's forward pass, and the learning rate its next update will use
+    (:func:`deadjax.optim.current_learning_rate`)."""
+    x: jax.Array
+    y: jax.Array
+    hparams: dict
+    model_kwargs: dict
+    learning_rate: jax.Array
+
+
 class Probe(NamedTuple):
     """What the diagnostics read of one member at an evaluation: its probe
-    pass (:func:`probe_pass`), its parameters and batch statistics, and the
+    pass (:func:`probe_pass`), its parameters and batch statistics, the
     trainer's carry (update ratios of the last step, dead masks at the
     previous evaluation, whether there was one, and each family's own carry,
-    ``MemberState.carry``)."""
+    ``MemberState.carry``) and, where the ``sharpness`` family is chosen,
+    what its training objective needs (:class:`LossInputs`, else None)."""
     logits: jax.Array
     cap: dict
     gparams: Any
@@ -46,21 +67,28 @@ class Probe(NamedTuple):
     prev_dead: tuple
     has_prev: jax.Array
     carry: dict = {}
+    loss_inputs: LossInputs | None = None
 
 
 class Context(NamedTuple):
     """The static side: ``config.diagnostics``, the activation, the hidden
-    widths, ``model.norm`` and ``model.residual``."""
+    widths, ``model.norm``, ``model.residual`` and, for the ``sharpness``
+    family, the member's training objective as the trainer builds it:
+    ``objective(params, batch_stats, hparams, model_kwargs, x, y) -> scalar``
+    (a static function of arrays, so this module needs nothing of the
+    trainer's)."""
     settings: Any
     activation: activations.Activation
     widths: tuple
     norm: str
     residual: bool
+    objective: Callable | None = None
 
     @classmethod
-    def of(cls, config) -> "Context":
+    def of(cls, config, objective: Callable | None = None) -> "Context":
         return cls(config.diagnostics, activations.get(config.model.activation),
-                   tuple(config.model.widths), config.model.norm, bool(config.model.residual))
+                   tuple(config.model.widths), config.model.norm, bool(config.model.residual),
+                   objective)
 
 
 def probe_pass(apply_fn: Callable, loss_fn: Callable, params, widths, probe_x, probe_y):
@@ -255,6 +283,59 @@ def _rank_full(p: Probe, ctx: Context, l: int, token):
     return {f"effective_rank/layer_{l}": rank}, rank
 
 
+# The key of the sharpness family's first start vector (a fixed draw, the same
+# for every member, so a member alone starts where it does in a population).
+SHARPNESS_VECTOR_KEY = 0x73687270   # "shrp"
+
+
+def _sharpness_carry(ctx: Context, params) -> dict:
+    """The ``sharpness`` family's carry: the vector the next Lanczos run
+    starts from. Initially a fixed pseudo-random unit vector shaped like the
+    parameters: leaf ``i`` (in ``jax.tree.leaves`` order) is a standard normal
+    draw of ``fold_in(PRNGKey(SHARPNESS_VECTOR_KEY), i)``, and the whole is
+    divided by its global norm; afterwards the top eigenvector found at the
+    previous evaluation (the warm start)."""
+    key = jax.random.PRNGKey(SHARPNESS_VECTOR_KEY)
+    leaves, treedef = jax.tree.flatten(params)
+    draws = [jax.random.normal(jax.random.fold_in(key, i), leaf.shape, leaf.dtype)
+             for i, leaf in enumerate(leaves)]
+    norm = jnp.sqrt(sum(jnp.sum(d * d) for d in draws))
+    return {"vector": jax.tree.unflatten(treedef, [d / norm for d in draws])}
+
+
+def _sharpness(p: Probe, ctx: Context):
+    """sharpness (the largest eigenvalue of the Hessian of the member's
+    training objective at its current parameters,
+    :func:`deadjax.metrics.hessian_top_eigenvalue`, warm-started from the
+    carried eigenvector), sharpness_x_lr (times the learning rate of the next
+    update: 2 is gradient descent's stability threshold) and
+    sharpness_iterations (the Hessian-vector products used; equal to
+    ``diagnostics.sharpness_iters`` when the tolerance was not met). The
+    objective is the one the optimiser descends (the loss on the sharpness
+    batch plus the L2 term where the member has one), in training mode
+    (BatchNorm with the batch's own statistics), without dropout."""
+    if ctx.objective is None or p.loss_inputs is None:
+        raise ValueError("the sharpness family needs the training objective: build the "
+                         "Context with Context.of(config, objective=...) and give the "
+                         "Probe its loss_inputs (deadjax.population.make_program does).")
+    li = p.loss_inputs
+    s = ctx.settings
+
+    def loss(params):
+        return ctx.objective(params, p.batch_stats, li.hparams, li.model_kwargs, li.x, li.y)
+
+    start = p.carry["sharpness"]["vector"]
+    lam, vector, used = metrics.hessian_top_eigenvalue(loss, p.params, start,
+                                                       s.sharpness_iters, s.sharpness_tol)
+    # A non-finite vector (a diverged member) is not carried: the next
+    # evaluation starts from the last finite one.
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(vector)]))
+    vector = jax.tree.map(lambda new, old: jnp.where(finite, new, old), vector, start)
+    out = {"sharpness": lam, "sharpness_x_lr": lam * li.learning_rate.astype(lam.dtype),
+           "sharpness_iterations": used.astype(lam.dtype)}
+    return out, {"vector": vector}
+
+
 def _output(p: Probe, ctx: Context) -> dict:
     return {"output_constant": metrics.output_constant(p.logits).astype(jnp.float32)}
 
@@ -269,12 +350,15 @@ class Family:
     params)`` (a member's initial carry from its initial parameters, kept in
     ``MemberState.carry[name]``, read as ``probe.carry[name]``); its
     ``every`` then returns ``(scalars, new carry)``, which the trainer stores
-    when it observes the evaluation."""
+    when it observes the evaluation. ``default=False`` keeps a family out of
+    the default ``diagnostics.families`` (a family added to the default would
+    change every existing workdir's config)."""
     name: str
     doc: str
     every: Callable[[Probe, Context], Any] | None = None
     full: Callable[[Probe, Context, int, Any], tuple[dict, Any]] | None = None
     init_carry: Callable[[Context, Any], Any] | None = None
+    default: bool = True   # in the default diagnostics.families
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -290,8 +374,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("rank", "effective_rank/* at full evaluations", full=_rank_full),
     Family("output", "output_constant and born_dead (always measured: the born-dead "
            "flag needs it)", every=_output),
+    Family("sharpness", "sharpness, sharpness_x_lr, sharpness_iterations (top Hessian "
+           "eigenvalue of the training objective; off by default: costly)",
+           every=_sharpness, init_carry=_sharpness_carry, default=False),
 )}
 FAMILY_NAMES = tuple(FAMILIES)
+# The default of diagnostics.families: every family but those marked off.
+DEFAULT_FAMILIES = tuple(name for name, f in FAMILIES.items() if f.default)
 
 # Families measured whatever diagnostics.families says: the trainer's carry
 # (born_dead) reads their values.
@@ -323,6 +412,22 @@ def measure(probe: Probe, ctx: Context) -> tuple[dict, dict]:
             values, carries[fam.name] = values
         out.update(values)
     return out, carries
+
+
+def for_full(probe: Probe, values: dict) -> Probe:
+    """What the full evaluation reads of ``probe`` once :func:`measure` gave
+    ``values``: the sharpness family's inputs dropped (the full families do
+    not read them, and the sharpness batch would otherwise leave the vmap
+    copied once per member) and, where that family ran, ``cap["pre"][0]``
+    made to depend on its result (:func:`_after`, an exact identity), so
+    that its batched ``eigh`` has finished before the full families' QR and
+    eigensolvers start."""
+    probe = probe._replace(loss_inputs=None)
+    if "sharpness_iterations" in values and probe.cap["pre"]:
+        pre = list(probe.cap["pre"])
+        pre[0] = _after(pre[0], values["sharpness_iterations"].astype(pre[0].dtype))
+        probe = probe._replace(cap={**probe.cap, "pre": pre})
+    return probe
 
 
 def measure_full(probe: Probe, ctx: Context):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 
 __all__ = [
     "cross_entropy", "accuracy", "f1_macro", "roc_auc_binary", "auc_roc_ovr",
@@ -37,6 +38,7 @@ __all__ = [
     "effective_rank",
     "output_constant", "histogram",
     "frobenius_norm", "update_ratio", "grad_norm_ratio", "dormant_metric_name",
+    "hessian_vector_product", "hessian_top_eigenvalue",
 ]
 
 def _float(x):
@@ -632,3 +634,165 @@ def histogram(values, num_bins: int):
     idx = idx + ((safe >= edges[idx + 1]) & (idx != num_bins - 1)).astype(jnp.int32)
     counts = jnp.zeros((num_bins,), jnp.int32).at[idx].add(finite.astype(jnp.int32))
     return lo, hi, counts
+
+
+# ---------------------------------------------------------------------------
+# Curvature: the top eigenvalue of the loss Hessian (sharpness)
+# ---------------------------------------------------------------------------
+
+def hessian_vector_product(loss_fn, params):
+    """``v -> H v`` for ``H = ∇²loss_fn(params)``, on flat float vectors.
+
+    Forward-over-reverse (Pearlmutter 1994, "Fast exact multiplication by the
+    Hessian"; the JAX autodiff cookbook's ``hvp``): the directional derivative
+    of the gradient, ``H v = d/dε ∇L(θ + ε v)|_{ε=0}``, exact up to
+    round-off. ``jax.linearize`` of ``jax.grad(loss_fn)`` runs the gradient's
+    forward pass once and keeps its linearisation, so each product costs about
+    one more forward-and-backward pass (the same as ``jax.jvp`` of
+    ``jax.grad`` called per vector, without recomputing the primal).
+    Returns ``(hvp, ravel)``: ``hvp`` maps a flat ``(n,)`` vector to the flat
+    ``H v``; ``ravel`` flattens a pytree shaped like ``params``
+    (``jax.flatten_util.ravel_pytree``'s order)."""
+    _, unravel = ravel_pytree(params)
+    _, linear = jax.linearize(jax.grad(loss_fn), params)
+
+    def hvp(v):
+        return ravel_pytree(linear(unravel(v)))[0]
+
+    return hvp, lambda tree: ravel_pytree(tree)[0]
+
+
+# Lanczos steps per cycle of :func:`hessian_top_eigenvalue` (the Krylov basis it
+# keeps: this many vectors the size of the parameters, per member).
+LANCZOS_STEPS = 20
+
+
+def hessian_top_eigenvalue(loss_fn, params, v0, num_iters: int, tol: float,
+                           krylov_dim: int = LANCZOS_STEPS):
+    """The largest eigenvalue of the Hessian ``H = ∇²loss_fn(params)`` by the
+    Lanczos method on Hessian-vector products: ``(eigenvalue, eigenvector,
+    iterations_used)``.
+
+    This is the *sharpness* of Cohen, Kaur, Li, Kolter & Talwalkar (ICLR
+    2021, "Gradient descent on neural networks typically occurs at the edge of
+    stability", Sec. 2: "the maximum eigenvalue of the training loss
+    Hessian"; their code also uses Lanczos, through ARPACK). ``H v`` comes
+    from :func:`hessian_vector_product`; ``H`` is never formed.
+
+    Algorithm (Lanczos with full reorthogonalisation and explicit restarts;
+    Golub & Van Loan, *Matrix Computations*, 4th ed., Sec. 10.1 and 10.3.1,
+    Parlett, *The Symmetric Eigenvalue Problem*, Ch. 13). From ``q_1 = v0 /
+    ‖v0‖``, step ``j`` computes ``w = H q_j``, ``α_j = q_jᵀw``, ``w ← w − α_j
+    q_j − β_{j−1} q_{j−1}``, then subtracts from ``w`` its projection on every
+    basis vector so far (twice: float32 loses orthogonality otherwise),
+    ``β_j = ‖w‖``, ``q_{j+1} = w / β_j``. The tridiagonal ``T_j``
+    (``α`` on the diagonal, ``β`` beside it) is the Rayleigh quotient of
+    ``H`` on the Krylov space ``span{q_1, H q_1, ..., H^{j−1} q_1}``; its
+    largest eigenvalue ``θ`` (``jnp.linalg.eigh`` of ``T_j``) is the largest
+    Ritz value, always ``≤ λ_max(H)`` (Cauchy interlacing), and its Ritz
+    vector ``y = Q_j s`` has the residual ``‖H y − θ y‖ = β_j |s_j|``
+    (``s_j`` the last entry of ``T_j``'s eigenvector). The method stops when
+    ``β_j |s_j| ≤ tol · |θ|``: then an eigenvalue of ``H`` lies within
+    ``tol · |θ|`` of ``θ`` (the residual bound for symmetric matrices,
+    Parlett Ch. 4), usually much closer (``residual² / gap``). After
+    ``krylov_dim`` steps without meeting the test the basis is dropped and
+    Lanczos restarts from ``y`` (memory: ``krylov_dim + 1`` vectors the size
+    of the parameters), up to ``num_iters`` products in all. Unlike power
+    iteration it targets the largest *algebraic* eigenvalue, whatever the
+    negative ones, and it converges much faster when the top eigenvalues are
+    close (e.g. the ``C − 1`` outliers of a ``C``-class cross-entropy
+    Hessian).
+
+    Returned: ``θ``, its unit Ritz vector ``y`` (a pytree shaped like
+    ``params``; pass it back as ``v0`` at the next call to warm-start) and
+    the number of products used (int32). If the test was not met within
+    ``num_iters`` products (``iterations_used == num_iters``), ``θ`` is
+    still a Ritz value, hence a *lower bound* on ``λ_max``, but not certified.
+    Caveats: Lanczos finds ``λ_max`` only when ``v0`` has a component along
+    its eigenvector (almost surely for a random ``v0``; a warm start from an
+    older top eigenvector can meet the test at another eigenvector if the
+    order of the top eigenvalues changed between calls and the old vector is
+    still an eigenvector within ``tol``). Float32 products carry ~1e-6
+    relative errors, so a ``tol`` below ~1e-5 may never be met. A non-finite
+    product (a diverged member) stops at once with NaN. The basis products
+    are matmuls: call it under ``jax.default_matmul_precision("float32")`` on
+    accelerators (the trainer does).
+
+    Jit- and vmap-safe: ``lax.while_loop`` s of at most ``num_iters`` (static
+    or traced) products, ``krylov_dim`` static; under ``vmap`` every member
+    steps until the last one stops, each keeping its own result from the
+    step where it stopped.
+    """
+    hvp, ravel = hessian_vector_product(loss_fn, params)
+    _, unravel = ravel_pytree(params)
+    start = ravel(v0)
+    n = start.shape[0]
+    k = max(1, min(int(krylov_dim), n))
+    dtype = start.dtype
+    tol = jnp.asarray(tol, dtype)
+    idx = jnp.arange(k)
+
+    def top_ritz(alpha, beta, j):
+        """The largest eigenpair of ``T`` restricted to its leading ``j + 1``
+        rows: the rows beyond are decoupled and their diagonal set below
+        every Gershgorin disc of the leading block, so ``eigh``'s last
+        eigenpair is the leading block's."""
+        active = idx <= j
+        off = jnp.where(idx < j, beta, 0.0)[: k - 1]
+        radius = jnp.abs(jnp.concatenate([off, jnp.zeros((1,), dtype)])) + jnp.abs(
+            jnp.concatenate([jnp.zeros((1,), dtype), off]))
+        lowest = jnp.min(jnp.where(active, alpha - radius, jnp.inf))
+        diag = jnp.where(active, alpha, lowest - 1.0 - jnp.abs(lowest))
+        t = jnp.diag(diag) + jnp.diag(off, 1) + jnp.diag(off, -1)
+        values, vectors = jnp.linalg.eigh(t)
+        return values[-1], jnp.where(active, vectors[:, -1], 0.0)
+
+    def cycle(q, budget):
+        """One Lanczos run of at most ``min(k, budget)`` steps from the unit
+        ``q``: ``(θ, unit Ritz vector, steps, stopped)``."""
+        basis = jnp.zeros((k + 1, n), dtype).at[0].set(q)
+
+        def cond(c):
+            j, _, _, _, _, _, stop = c
+            return (j < jnp.minimum(k, budget)) & ~stop
+
+        def body(c):
+            j, basis, alpha, beta, _, _, _ = c
+            v = basis[j]
+            w = hvp(v)
+            a = jnp.vdot(v, w)
+            prev = jnp.where(j > 0, beta[jnp.maximum(j - 1, 0)], 0.0)
+            w = w - a * v - prev * basis[jnp.maximum(j - 1, 0)]
+            for _ in range(2):
+                w = w - basis.T @ (basis @ w)
+            b = jnp.linalg.norm(w)
+            alpha = alpha.at[j].set(a)
+            beta = beta.at[j].set(b)
+            theta, s = top_ritz(alpha, beta, j)
+            residual = b * jnp.abs(s[j])
+            stop = (residual <= tol * jnp.abs(theta)) | ~jnp.isfinite(theta)
+            basis = basis.at[j + 1].set(jnp.where(b > 0, w / jnp.where(b > 0, b, 1.0), 0.0))
+            return j + 1, basis, alpha, beta, theta, s, stop
+
+        zeros = jnp.zeros((k,), dtype)
+        j, basis, _, _, theta, s, stop = jax.lax.while_loop(
+            cond, body, (jnp.zeros((), jnp.int32), basis, zeros, zeros,
+                         jnp.full((), jnp.nan, dtype), zeros, jnp.zeros((), bool)))
+        y = basis[:k].T @ s
+        norm = jnp.linalg.norm(y)
+        y = jnp.where(norm > 0, y / jnp.where(norm > 0, norm, 1.0), q)
+        return theta, y, j, stop
+
+    def outer_cond(c):
+        used, _, _, stop = c
+        return (used < num_iters) & ~stop
+
+    def outer_body(c):
+        used, q, _, _ = c
+        theta, y, steps, stop = cycle(q, num_iters - used)
+        return used + steps, y, theta, stop
+
+    used, vector, theta, _ = jax.lax.while_loop(
+        outer_cond, outer_body, (jnp.zeros((), jnp.int32), start / jnp.linalg.norm(start),
+                                 jnp.full((), jnp.nan, dtype), jnp.zeros((), bool)))
+    return theta, unravel(vector), used

@@ -176,7 +176,27 @@ def make_program(spec: GroupSpec) -> Program:
     task_plan = tasks.for_data(cfg, spec.num_features, spec.num_classes)
     batches = data_lib.BatchPlan.of(cfg, spec.num_train)
     remedies = interventions.chain(spec.remedies, cfg, widths)
-    diag = diagnostics.Context.of(cfg)
+    sharpness = cfg.diagnostics.enabled and "sharpness" in cfg.diagnostics.families
+    # The sharpness batch: None is the whole training split (data.sharpness_indices).
+    sharpness_idx = data_lib.sharpness_indices(cfg, spec.num_train) if sharpness else None
+
+    def training_objective(params, batch_stats, hparams, model_kwargs, x, y):
+        """One member's training objective on ``(x, y)`` as its optimiser
+        descends it (the sharpness family's loss): the loss in training mode
+        (BatchNorm normalises with the batch's own statistics; the running
+        statistics it would update are dropped), plus the L2 term where the
+        group has one, without dropout."""
+        variables = {"params": params}
+        if batch_stats:
+            variables["batch_stats"] = batch_stats
+        logits, _ = model.apply(variables, x, hparams, train=True, mutable=["batch_stats"],
+                                **model_kwargs)
+        total = loss_of(logits, y)
+        if spec.uses_l2:
+            total = total + optim.l2_penalty(params, hparams["weight_decay"], cfg.optim.name)
+        return total
+
+    diag = diagnostics.Context.of(cfg, objective=training_objective)
     dense_names = [f"Dense_{l}" for l in range(len(widths) + 1)]
     # update_ratio/layer_L is reported by the gradients family only.
     reports_ratio = cfg.diagnostics.enabled and "gradients" in cfg.diagnostics.families
@@ -400,14 +420,22 @@ def make_program(spec: GroupSpec) -> Program:
         logits, cap, gparams, deltas = diagnostics.probe_pass(
             lambda p, x, **kw: apply(state, x, p, **kw), loss_of, state.params, widths,
             *splits["probe"])
+        loss_inputs = None
+        if sharpness:
+            x, labels = splits["train"]
+            if sharpness_idx is not None:
+                x, labels = x[sharpness_idx], labels[sharpness_idx]
+            loss_inputs = diagnostics.LossInputs(
+                x, labels, state.hparams, remedies.model_kwargs(state.interventions),
+                optim.current_learning_rate(cfg, state.opt_state))
         probe = diagnostics.Probe(logits, cap, gparams, deltas, state.params,
                                   state.batch_stats, state.update_ratio, state.prev_dead,
-                                  state.has_prev, state.carry)
+                                  state.has_prev, state.carry, loss_inputs)
         values, carry = diagnostics.measure(probe, diag)
         scalars.update(values)
         evidence = Evidence(finite, diagnostics.dead_masks(probe, diag),
                             scalars["output_constant"] > 0, carry)
-        return scalars, probe, evidence
+        return scalars, diagnostics.for_full(probe, values), evidence
 
     def evaluate(state: MemberState, data: dict, full):
         """Every member's measurements on the task of the last step taken:

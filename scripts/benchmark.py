@@ -23,6 +23,14 @@ Sections (``--only``):
     MLPs (``interventions.every = 100``, diagnostics off) against ``none``:
     the cost of continual backprop's per-step bookkeeping and of the
     periodic probe pass and fresh draws of the others.
+``families``
+    the cost of diagnostic families (``--families``, default ``sharpness``)
+    at population 64 (``--diag-population``) and ``train.eval_every = 100``:
+    intervals of 100 steps and an evaluation (not full) with each family
+    (and ``output``, always measured) against ``output`` alone and against
+    diagnostics off; the first evaluation of a fresh population apart (the
+    sharpness family's cold start from its fixed vector) and, for
+    ``sharpness``, the Hessian-vector products used per evaluation.
 ``io``
     a 64-seed sweep through ``runner.run_sweep`` with TensorBoard on: the time
     spent writing results, histograms, summaries and checkpoints against the
@@ -81,7 +89,8 @@ def parse_args(argv=None):
                    help="cap on population x steps per timed chunk (big populations then "
                         "time fewer steps); default 6400 (cpu), none (gpu)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--only", choices=("core", "diagnostics", "interventions", "io", "sweep"),
+    p.add_argument("--only", choices=("core", "diagnostics", "interventions", "families", "io",
+                                      "sweep"),
                    action="append",
                    help="run only this section (repeatable); default all")
     p.add_argument("--precision", choices=("highest", "tf32", "bf16"), default="highest")
@@ -92,6 +101,10 @@ def parse_args(argv=None):
     p.add_argument("--diag-chunks", type=int, default=0,
                    help="evaluation intervals per diagnostics timing (0: "
                         "diagnostics.full_every, one full evaluation per timing)")
+    p.add_argument("--families", default="sharpness",
+                   help="comma-separated diagnostic families of the families section")
+    p.add_argument("--family-chunks", type=int, default=2,
+                   help="evaluation intervals per timing of the families section")
     p.add_argument("--io-steps", type=int, default=1000,
                    help="train.steps of the io sweep (checkpoints every 1000)")
     p.add_argument("--io-population", type=int, default=64)
@@ -110,6 +123,7 @@ def parse_args(argv=None):
     if args.member_steps is None:
         args.member_steps = 0 if gpu else 6400
     args.only = args.only or ["core", "diagnostics", "interventions", "io", "sweep"]
+    args.families = [f for f in args.families.split(",") if f]
     return args
 
 
@@ -295,6 +309,64 @@ def diagnostics_overhead(args) -> str:
             f"steady-state cost of diagnostics: {100 * cost:.1f}% of the training time "
             f"(per repeat: {', '.join(f'{100 * c:.1f}%' for c in costs)}; "
             f"{'within' if cost <= 0.10 else 'ABOVE'} the 10% budget)")
+
+
+def families_overhead(args) -> str:
+    """Each family of ``--families`` (with ``output``) against ``output`` alone
+    and against diagnostics off, at the default interval of 100 steps, not
+    full evaluations (the full-only parts of ``jacobian`` and ``rank`` cost
+    nothing there). The first evaluation of a fresh population (step 0,
+    nothing trained) is timed once, apart: the sharpness family starts its
+    Lanczos iteration there from the fixed vector, later ones warm."""
+    population, every = args.diag_population, 100
+    cases = {"off": None, "output": ("output",)}
+    for fam in args.families:
+        if fam != "output":
+            cases[fam] = (fam, "output")
+    runners, compiles, firsts, iters = {}, {}, {}, {}
+    for name, families in cases.items():
+        cfg = bm.seed_config(eval_every=every, steps=10 ** 6, diagnostics=families is not None,
+                             precision=args.precision, max_population=population)
+        if families is not None:
+            cfg.diagnostics.families = families
+        compiled, state, data = bm.deadjax_population(cfg, population)
+        prog, compiles[name] = compile_timed(compiled.chunk, state, data, jnp.int32(every),
+                                             jnp.bool_(False))
+        t = time.perf_counter()
+        state, scalars, _ = prog(state, data, jnp.int32(0), jnp.bool_(False))
+        jax.block_until_ready(state)
+        firsts[name] = time.perf_counter() - t
+        if "sharpness_iterations" in scalars:
+            iters[name] = [np.asarray(scalars["sharpness_iterations"])]
+        runners[name] = Runner(prog, state, data, stop_after=every, full=(False,))
+    times = interleaved(runners, args.repeats, calls=args.family_chunks)
+    for name in iters:      # the products of one more (steady-state) evaluation
+        r = runners[name]
+        step = int(jax.device_get(r.state.step[0]))
+        r.state, scalars, _ = r.compiled(r.state, *r.extra,
+                                        jnp.int32(step + every), jnp.bool_(False))
+        iters[name].append(np.asarray(scalars["sharpness_iterations"]))
+    per = {k: bm.median(v) / args.family_chunks for k, v in times.items()}
+    lines = [f"population {population}, train.eval_every = {every}, evaluations not full, "
+             f"{args.family_chunks} interval(s) per timing, {args.repeats} repeats; "
+             "sharpness batch: the seed MLP's whole training set (922 examples, "
+             "diagnostics.sharpness_batch = 1024 >= 922)\n",
+             "| diagnostics.families | s per interval (100 steps + evaluation) | "
+             "evaluation cost vs output alone | vs diagnostics off | first evaluation s "
+             "(step 0, cold) | compile s |", "|---|---:|---:|---:|---:|---:|"]
+    for name in cases:
+        extra = per[name] - per["output"]
+        lines.append(f"| {name if name in ('off', 'output') else name + ', output'} "
+                     f"| {per[name]:.2f} | {extra:+.2f} s | {per[name] / per['off'] - 1:+.1%} "
+                     f"| {firsts[name]:.2f} | {compiles[name]:.1f} |")
+    for name, (first, later) in iters.items():
+        lines.append(f"\n{name}: Hessian-vector products per member at the first evaluation "
+                     f"(cold): mean {first.mean():.1f}, max {first.max():.0f}; at a later one "
+                     f"(warm, after 100 steps): mean {later.mean():.1f}, "
+                     f"max {later.max():.0f} (diagnostics.sharpness_iters = "
+                     f"{default_config().diagnostics.sharpness_iters}: the population "
+                     "steps until its slowest member converges)")
+    return "\n".join(lines)
 
 
 def interventions_overhead(args) -> str:
@@ -582,6 +654,8 @@ def main(argv=None):
         if "interventions" in args.only:
             print("## Interventions overhead\n\n" + interventions_overhead(args) + "\n",
                   flush=True)
+        if "families" in args.only:
+            print("## Diagnostic families\n\n" + families_overhead(args) + "\n", flush=True)
         if "io" in args.only:
             print("## Summaries and checkpoints overhead\n\n" + io_overhead(args) + "\n",
                   flush=True)

@@ -644,3 +644,135 @@ def test_invariant_to_probe_order(name):
     perm = np.random.default_rng(0).permutation(a["z"].shape[0])
     b = {k: (v[perm] if k in ROW_ARRAYS else v) for k, v in a.items()}
     _close(fn(a), fn(b))
+
+
+# ---------------------------------------------------------------------------
+# hessian_top_eigenvalue: Lanczos on Hessian-vector products
+# ---------------------------------------------------------------------------
+
+def _quadratic(a):
+    """``0.5 pᵀ A p`` over a two-leaf pytree (a (3, 4) and a (k,) leaf), whose
+    Hessian is exactly ``A`` (symmetric, order 12 + k)."""
+    a = jnp.asarray(a)
+
+    def loss(p):
+        flat = jnp.concatenate([p["w"].reshape(-1), p["b"]])
+        return 0.5 * flat @ (a @ flat)
+
+    n = a.shape[0]
+    params = {"w": jnp.zeros((3, 4), a.dtype), "b": jnp.zeros((n - 12,), a.dtype)}
+    return loss, params
+
+
+def _spectrum_matrix(eigenvalues, seed):
+    """``Q diag(eigenvalues) Qᵀ`` for a random orthogonal Q, float32."""
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(len(eigenvalues),) * 2))
+    return (q * np.asarray(eigenvalues)) @ q.T, q
+
+
+def _v0(n, seed):
+    v = np.random.default_rng(seed).normal(size=n).astype(np.float32)
+    return {"w": jnp.asarray(v[:12].reshape(3, 4)), "b": jnp.asarray(v[12:])}
+
+
+@pytest.mark.parametrize("case", ["positive", "negative_dominates", "all_negative"])
+def test_hessian_top_eigenvalue_matches_eigvalsh(case):
+    """The largest (not the largest-magnitude) eigenvalue of A, for a spectrum
+    whose dominant eigenvalue is the largest, one whose dominant eigenvalue
+    is negative, and one entirely negative; the eigenvector is the top one
+    (|cos| ~ 1) and of unit norm. With krylov_dim = 3 the same answer comes
+    through restarts (more products than one cycle holds)."""
+    rng = np.random.default_rng(1)
+    rest = rng.uniform(-1.0, 1.0, size=18)
+    top = {"positive": [5.0, -3.0], "negative_dominates": [2.0, -6.0],
+           "all_negative": [-0.5, -6.0]}[case]
+    values = np.concatenate([top, rest if case != "all_negative" else -1.0 - np.abs(rest)])
+    a, q = _spectrum_matrix(values, 0)
+    loss, params = _quadratic(a.astype(np.float32))
+    lam, vec, used = jax.jit(lambda p, v: M.hessian_top_eigenvalue(loss, p, v, 2000, 1e-5))(
+        params, _v0(20, 3))
+    expected = np.linalg.eigvalsh(a)[-1]
+    np.testing.assert_allclose(lam, expected, rtol=1e-4)
+    assert 1 < int(used) < 2000
+    flat = np.concatenate([np.asarray(vec["w"]).reshape(-1), np.asarray(vec["b"])])
+    np.testing.assert_allclose(np.linalg.norm(flat), 1.0, rtol=1e-5)
+    top_vector = q[:, np.argmax(values)]
+    assert abs(flat @ top_vector) > 0.999
+    lam3, _, used3 = jax.jit(lambda p, v: M.hessian_top_eigenvalue(
+        loss, p, v, 2000, 1e-5, krylov_dim=3))(params, _v0(20, 3))
+    np.testing.assert_allclose(lam3, expected, rtol=1e-4)
+    assert 3 < int(used3) < 2000
+
+
+def test_hessian_top_eigenvalue_stops_at_the_tolerance_and_warm_starts():
+    """The stopping rule is ||Hy - theta y|| <= tol |theta| at the returned
+    Ritz pair (checked here in float64 with the matrix), so the value is
+    within tol |theta| of an eigenvalue; started again from the returned
+    vector it stops after one product; a budget too small to converge
+    returns after exactly num_iters products a Ritz value, which is below
+    lambda_max (interlacing)."""
+    values = np.concatenate([[4.0, 3.6], np.linspace(-1.0, 1.0, 18)])
+    a, _ = _spectrum_matrix(values, 5)
+    a32 = a.astype(np.float32)
+    loss, params = _quadratic(a32)
+    run = jax.jit(lambda p, v, k: M.hessian_top_eigenvalue(loss, p, v, k, 1e-4))
+    lam, vec, used = run(params, _v0(20, 1), 5000)
+    flat = np.concatenate([np.asarray(vec["w"]).reshape(-1), np.asarray(vec["b"])]).astype(
+        np.float64)
+    residual = np.linalg.norm(a32.astype(np.float64) @ flat - float(lam) * flat)
+    assert residual <= 1.01e-4 * abs(float(lam))
+    assert abs(float(lam) - 4.0) <= 1e-4 * 4.0
+    lam2, _, used2 = run(params, vec, 5000)
+    assert int(used2) == 1 and int(used) > 1
+    np.testing.assert_allclose(lam2, lam, rtol=1e-6)
+    short, _, used3 = run(params, _v0(20, 1), 2)
+    assert int(used3) == 2 and float(short) < 4.0
+
+
+def test_hessian_top_eigenvalue_of_a_network_loss_matches_the_full_hessian():
+    """A small tanh network's cross-entropy (not a quadratic): the full float64
+    Hessian's top eigenvalue (jax.hessian, numpy eigvalsh)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 3)).astype(np.float32)
+    y = rng.integers(0, 3, size=20)
+    params = {"w1": jnp.asarray(rng.normal(size=(3, 5)), jnp.float32),
+              "b1": jnp.asarray(rng.normal(size=5) * 0.1, jnp.float32),
+              "w2": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)}
+
+    def loss(p, xx=x):
+        logits = jnp.tanh(xx @ p["w1"] + p["b1"]) @ p["w2"]
+        return M.cross_entropy(logits, y)
+
+    v0 = jax.tree.map(lambda a: jnp.ones_like(a), params)
+    lam, _, _ = jax.jit(lambda p, v: M.hessian_top_eigenvalue(loss, p, v, 3000, 1e-5))(params, v0)
+    from jax.flatten_util import ravel_pytree
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        flat, unravel = ravel_pytree(p64)
+        h = np.asarray(jax.hessian(lambda f: loss(unravel(f), jnp.asarray(x, jnp.float64)))(flat))
+    np.testing.assert_allclose(lam, np.linalg.eigvalsh((h + h.T) / 2)[-1], rtol=1e-4)
+
+
+def test_hessian_top_eigenvalue_vmaps_and_stops_on_non_finite():
+    """vmapped over three matrices (one with NaN), each member's result equals
+    its own call: the NaN member returns NaN after one product and the
+    others their eigenvalues, with their own iteration counts."""
+    mats = [_spectrum_matrix(np.concatenate([[3.0 + s], np.linspace(-1, 1, 19)]), s)[0]
+            for s in range(3)]
+    mats[1] = mats[1].copy()
+    mats[1][0, 0] = np.nan
+    stacked = jnp.asarray(np.stack(mats).astype(np.float32))
+
+    def one(a):
+        loss, params = _quadratic(a)
+        return M.hessian_top_eigenvalue(loss, params, _v0(20, 2), 500, 1e-4)
+
+    lam, _, used = jax.jit(jax.vmap(one))(stacked)
+    for i, a in enumerate(mats):
+        lam_i, _, used_i = jax.jit(one)(jnp.asarray(a.astype(np.float32)))
+        if i == 1:
+            assert np.isnan(lam[i]) and int(used[i]) == 1
+            continue
+        np.testing.assert_allclose(lam[i], lam_i, rtol=1e-5)
+        assert abs(int(used[i]) - int(used_i)) <= 1
+        np.testing.assert_allclose(lam[i], 3.0 + i, rtol=1e-4)

@@ -72,6 +72,12 @@ def test_plasticity_quick(tmp_path):
     _run_quick("plasticity", tmp_path)
 
 
+@pytest.mark.slow
+def test_edge_of_stability_quick(tmp_path):
+    summary = _run_quick("edge_of_stability", tmp_path)
+    assert len(summary["checks"]) == 6        # 3 claims x (tanh, relu)
+
+
 def test_unknown_name_is_refused():
     with pytest.raises(ValueError, match="unknown"):
         reproductions.module("nope")

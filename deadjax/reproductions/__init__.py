@@ -19,7 +19,7 @@ from pathlib import Path
 from deadjax.reproductions import common
 
 NAMES = ("mnist1d", "glorot2010", "he2015", "ioffe2015", "lu2019", "schoenholz2017",
-         "seed_remedies", "plasticity")
+         "seed_remedies", "plasticity", "edge_of_stability")
 
 
 def module(name: str):

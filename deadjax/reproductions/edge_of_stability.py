@@ -1,0 +1,246 @@
+"""Full-batch gradient descent at the edge of stability (Cohen et al. 2021).
+
+Paper: J. M. Cohen, S. Kaur, Y. Li, J. Z. Kolter, A. Talwalkar, "Gradient
+Descent on Neural Networks Typically Occurs at the Edge of Stability", ICLR
+2021 (arXiv:2103.00065). Published claims we test (abstract; Sec. 3, Fig. 1
+and 2: a two-hidden-layer tanh network of width 200 on a 5,000-example subset
+of CIFAR-10, full-batch gradient descent at several step sizes η, train loss
+and sharpness against iteration, 2/η dashed):
+
+1. **progressive sharpening** (Sec. 3.1): while the sharpness (the largest
+   eigenvalue of the training-loss Hessian) is below 2/η it keeps rising;
+2. **edge of stability** (Sec. 3.2, Fig. 1 caption: "the sharpness rises to
+   2/η ... and then hovers right at, or just above, this value"), for every
+   η;
+3. meanwhile the train loss "behaves non-monotonically over short
+   timescales, yet consistently decreases over long timescales" (abstract).
+
+No number is read off the paper's figures: the claims are checked with the
+rules below, stated before any run.
+
+Setup here (scaled down for 2 CPU cores; DESIGN choices in brackets):
+MNIST-1D (40 features, standardised) in place of CIFAR-10, a fixed subset of
+its training set: ``data.val_fraction`` holds out a share with
+``data.seed = 0`` and the rest is the training set [the simplest subset the
+config already has; the held-out share is reported as val/*]. MLPs 40-W-W-10
+with tanh (the paper's network) and ReLU (the paper reports the same for
+ReLU networks, Sec. 3 and Appendix), PyTorch's default initialisation
+(``standard`` kernels and biases, U[−1/√fan_in, 1/√fan_in]), cross-entropy
+[deadjax's classification loss; the paper's Fig. 1 network uses the square
+loss, and the paper shows the same behaviour with cross-entropy, where the
+sharpness falls late in training as the margins grow]. ``optim.name =
+"sgd"`` with ``data.batch_size = 0`` is full-batch gradient descent at a
+constant step size; the step sizes are members of one population (one per
+activation). The ``sharpness`` diagnostic (docs/metrics.md) is the Hessian's
+largest eigenvalue on the whole training set, measured every
+``train.eval_every`` steps by warm-started power iteration (tolerance 1e-3).
+
+Checks (per activation, every η of the population; ``T`` = the last step,
+"the late window" = evaluations at steps ≥ ``WINDOW`` · T):
+
+1. progressive sharpening: the sharpness at step 0 is below half of 2/η and
+   later reaches 0.9 · 2/η before the late window;
+2. edge of stability: the median of sharpness · η over the late window is
+   within 2 ± ``tol`` (full ±10%, quick ±15%);
+3. the loss keeps falling, non-monotonically: the train loss at T is below
+   its value at the start of the late window, and within the late window it
+   rises by more than 0.1% (relative) between some two consecutive
+   evaluations.
+
+Time on this project's 2-core CPU machine, shared with other jobs (measured):
+see docs/reproductions.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deadjax.config import default_config
+from deadjax.reproductions import common
+from deadjax.sweep import product
+
+TITLE = ("Full-batch gradient descent: sharpness rises to 2/eta and hovers there "
+         "(Cohen et al. 2021)")
+PAPER = "Cohen, Kaur, Li, Kolter & Talwalkar, ICLR 2021 (arXiv:2103.00065)"
+ACTIVATIONS = ("tanh", "relu")
+WINDOW = 0.5          # the late window starts at this share of the run
+RISE_FROM = 0.5       # check 1: sharpness at step 0 below this share of 2/eta
+RISE_TO = 0.9         # ... and later at least this share of 2/eta
+NON_MONOTONE = 1e-3   # check 3: a relative rise of the loss larger than this
+
+
+def settings(quick: bool) -> dict:
+    if quick:
+        return {"val_fraction": 0.875, "width": 100, "lrs": (0.1, 0.2), "steps": 1200,
+                "eval_every": 10, "tol": 0.15}
+    return {"val_fraction": 0.75, "width": 200, "lrs": (0.04, 0.08, 0.16), "steps": 4000,
+            "eval_every": 10, "tol": 0.10}
+
+
+def get_config(quick: bool = False):
+    s = settings(quick)
+    c = default_config()
+    c.data.name = "mnist1d"
+    c.data.val_fraction = s["val_fraction"]
+    c.data.batch_size = 0
+    c.model.widths = (s["width"], s["width"])
+    c.model.activation = "tanh"
+    c.model.kernel_init = "standard"
+    c.model.bias_init = "standard"
+    c.optim.name = "sgd"
+    c.optim.learning_rate = s["lrs"][0]
+    c.train.steps = s["steps"]
+    c.train.eval_every = s["eval_every"]
+    c.train.checkpoint_every = s["steps"]
+    c.diagnostics.families = ("output", "sharpness")
+    c.diagnostics.probe_size = 128
+    c.diagnostics.sharpness_iters = 100
+    c.diagnostics.sharpness_tol = 1e-3
+    return c
+
+
+def get_sweep(quick: bool = False):
+    return product({"model.activation": list(ACTIVATIONS)},
+                   {"optim.learning_rate": list(settings(quick)["lrs"])})
+
+
+def traces(frame: pd.DataFrame) -> dict:
+    """``{(activation, eta): DataFrame of step, train/loss, sharpness,
+    sharpness_x_lr, sharpness_iterations}`` sorted by step."""
+    out = {}
+    cols = ["step", "train/loss", "sharpness", "sharpness_x_lr", "sharpness_iterations",
+            "diverged"]
+    for (act, lr), g in frame.groupby(["model.activation", "optim.learning_rate"]):
+        out[(act, float(lr))] = g.sort_values("step")[cols].reset_index(drop=True)
+    return out
+
+
+def member_summary(t: pd.DataFrame, lr: float, steps: int) -> dict:
+    """The numbers the checks read off one member's trace."""
+    threshold = 2.0 / lr
+    start = WINDOW * steps
+    late = t[t["step"] >= start]
+    early = t[t["step"] < start]
+    reached = early[early["sharpness"] >= RISE_TO * threshold]
+    loss = late["train/loss"].to_numpy()
+    rises = np.diff(loss) / loss[:-1]
+    return {
+        "threshold": threshold,
+        "s0": float(t["sharpness"].iloc[0]),
+        "reach_step": int(reached["step"].iloc[0]) if len(reached) else None,
+        "late_median_x_lr": float(np.median(late["sharpness_x_lr"])),
+        "late_q10_x_lr": float(np.quantile(late["sharpness_x_lr"], 0.1)),
+        "late_q90_x_lr": float(np.quantile(late["sharpness_x_lr"], 0.9)),
+        "loss_start": float(loss[0]), "loss_end": float(loss[-1]),
+        "loss_step0": float(t["train/loss"].iloc[0]),
+        "max_rise": float(rises.max()) if len(rises) else float("nan"),
+        "rises": int((rises > NON_MONOTONE).sum()),
+        "diverged": bool(t["diverged"].max() > 0),
+        "max_iterations": float(t["sharpness_iterations"].iloc[1:].max()),
+    }
+
+
+def run(workdir: Path, figdir: Path, quick: bool) -> list[common.Check]:
+    s = settings(quick)
+    frame = common.sweep(get_config(quick), get_sweep(quick), workdir, "gd", quick)
+    tr = traces(frame)
+    steps = s["steps"]
+    summary = {k: member_summary(t, k[1], steps) for k, t in tr.items()}
+    for act in ACTIVATIONS:
+        _figure(tr, act, figdir, s)
+    _ratio_figure(tr, figdir, s)
+    checks = []
+    src = f"{PAPER}"
+    for act in ACTIVATIONS:
+        rows = {lr: summary[(act, lr)] for lr in s["lrs"]}
+        net = f"{act} 40-{s['width']}-{s['width']}-10"
+
+        ok = all(r["s0"] < RISE_FROM * r["threshold"] and r["reach_step"] is not None
+                 and not r["diverged"] for r in rows.values())
+        checks.append(common.claim(
+            f"{net}: progressive sharpening (sharpness rises to 2/eta)",
+            "while below 2/eta the sharpness keeps rising, until it reaches 2/eta",
+            f"{src}, Sec. 3.1 and Fig. 1",
+            "; ".join(f"eta {lr:g}: S(0) = {r['s0']:.2f} = {r['s0'] / r['threshold']:.2f} x 2/eta, "
+                      f"reaches {RISE_TO:g} x 2/eta = {RISE_TO * r['threshold']:.1f} at step "
+                      f"{r['reach_step']}" for lr, r in rows.items()),
+            f"every eta: S(0) < {RISE_FROM:g} x 2/eta and S >= {RISE_TO:g} x 2/eta at some "
+            f"step < {WINDOW:g} T = {int(WINDOW * steps)}; no member diverged", ok))
+
+        tol = s["tol"]
+        ok = all(abs(r["late_median_x_lr"] - 2.0) <= 2.0 * tol for r in rows.values())
+        checks.append(common.claim(
+            f"{net}: the sharpness then hovers at 2/eta (edge of stability)",
+            "sharpness hovers right at, or just above, 2/eta for every eta",
+            f"{src}, Sec. 3.2 and Fig. 1 caption",
+            "; ".join(f"eta {lr:g}: median sharpness x eta {r['late_median_x_lr']:.3f} "
+                      f"(10-90%: {r['late_q10_x_lr']:.2f}-{r['late_q90_x_lr']:.2f})"
+                      for lr, r in rows.items()),
+            f"median of sharpness x eta over steps >= {int(WINDOW * steps)} (of {steps}) "
+            f"within 2 +- {100 * tol:g}% for every eta", ok))
+
+        ok = all(r["loss_end"] < r["loss_start"] and r["rises"] >= 1 for r in rows.values())
+        checks.append(common.claim(
+            f"{net}: the train loss keeps falling, non-monotonically",
+            "the train loss behaves non-monotonically over short timescales, yet "
+            "consistently decreases over long timescales",
+            f"{src}, abstract and Fig. 1 (top row)",
+            "; ".join(f"eta {lr:g}: loss {r['loss_start']:.4f} at step {int(WINDOW * steps)} "
+                      f"-> {r['loss_end']:.4f} at {steps}, {r['rises']} rises > "
+                      f"{100 * NON_MONOTONE:g}% between evaluations (largest "
+                      f"{100 * r['max_rise']:.1f}%)" for lr, r in rows.items()),
+            f"every eta: loss(T) < loss({WINDOW:g} T) and >= 1 rise > {100 * NON_MONOTONE:g}% "
+            f"between consecutive evaluations (every {s['eval_every']} steps) after "
+            f"{WINDOW:g} T", ok))
+    return checks
+
+
+def _figure(tr: dict, act: str, figdir: Path, s: dict) -> None:
+    fig = common.figure(7.0, 6.4)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for k, lr in enumerate(s["lrs"]):
+        t = tr[(act, lr)]
+        col = f"C{k}"
+        top.plot(t["step"], t["train/loss"], color=col, linewidth=1.0, label=f"eta = {lr:g}")
+        bottom.plot(t["step"], t["sharpness"], color=col, linewidth=1.0,
+                    label=f"eta = {lr:g}")
+        bottom.axhline(2.0 / lr, color=col, linestyle="--", linewidth=1.0,
+                       label=f"2/eta = {2.0 / lr:g}")
+    top.set_yscale("log")
+    top.set_ylabel("train loss (cross-entropy)")
+    bottom.set_ylabel("sharpness (top Hessian eigenvalue)")
+    bottom.set_xlabel("gradient descent step")
+    top.set_title(f"{act} MLP 40-{s['width']}-{s['width']}-10, full-batch GD on a "
+                  f"subset of MNIST-1D")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", ncol=2 if ax is bottom else 1)
+    common.caption(fig, f"Every {s['eval_every']} steps: train loss on the whole training "
+                   "subset; sharpness by warm-started power iteration on Hessian-vector "
+                   "products of that loss. Dashed: 2/eta in the colour of each eta. "
+                   "cf. Cohen et al. 2021, Fig. 1.")
+    common.save(fig, figdir, f"{act}.png")
+
+
+def _ratio_figure(tr: dict, figdir: Path, s: dict) -> None:
+    fig = common.figure(7.0, 3.8)
+    ax = fig.add_subplot()
+    styles = {"tanh": "-", "relu": ":"}
+    for act in ACTIVATIONS:
+        for k, lr in enumerate(s["lrs"]):
+            t = tr[(act, lr)]
+            ax.plot(t["step"], t["sharpness_x_lr"], styles[act], color=f"C{k}",
+                    linewidth=1.0, label=f"{act}, eta = {lr:g}")
+    ax.axhline(2.0, color="k", linestyle="--", linewidth=1.0, label="2 (stability threshold)")
+    ax.axvspan(WINDOW * s["steps"], s["steps"], color="0.9", zorder=0,
+               label="late window of check 2")
+    ax.set_xlabel("gradient descent step")
+    ax.set_ylabel("sharpness x eta")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small", ncol=2)
+    common.caption(fig, "sharpness_x_lr = sharpness times the step size: every member "
+                   "settles near 2 whatever its eta.")
+    common.save(fig, figdir, "sharpness_x_lr.png")
