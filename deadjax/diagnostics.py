@@ -27,7 +27,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from deadjax import activations, metrics, models
+from deadjax import activations, linalg, metrics, models
 
 
 class Probe(NamedTuple):
@@ -127,9 +127,9 @@ def _saturation(p: Probe, ctx: Context) -> dict:
     return out
 
 
-def _saturation_full(p: Probe, ctx: Context, l: int, token):
-    return {f"preact_{name}/layer_{l}": value
-            for name, value in metrics.preact_percentiles(p.cap["pre"][l]).items()}, token
+def _saturation_full(p: Probe, ctx: Context) -> dict:
+    return {f"preact_{name}/{where}": value for l, where in _layers(ctx)
+            for name, value in metrics.preact_percentiles(p.cap["pre"][l]).items()}
 
 
 def _gradients(p: Probe, ctx: Context) -> dict:
@@ -154,20 +154,6 @@ def _signal(p: Probe, ctx: Context) -> dict:
         out[f"q/{where}"] = metrics.q_value(p.cap["pre"][l])
         out[f"c/{where}"] = metrics.c_value(p.cap["pre"][l])
     return out
-
-
-def _after(x, token):
-    """``x``, computed only once ``token`` is.
-
-    XLA:CPU runs independent LAPACK custom calls (QR, eigh) concurrently, and
-    each batched kernel then waits for work it queued on the same thread pool:
-    on a 2-core machine two of them deadlock (seen with jaxlib 0.10.2, a QR
-    and an eigh each blocked in ``ParallelBatchMap``). A real data dependency
-    (an optimisation barrier is not one for the CPU runtime's scheduler) makes
-    them run one after another; the added zero costs one elementwise pass.
-    The full families thread ``token`` through their linear algebra for this.
-    """
-    return x + 0.0 * token
 
 
 def _layer_jacobians(p: Probe, ctx: Context, l: int, n: int):
@@ -201,28 +187,52 @@ def _layer_jacobians(p: Probe, ctx: Context, l: int, n: int):
     return jac
 
 
-def _mean_singular_value(j):
-    """Mean of the min(m, n) singular values of ``j``, from the eigenvalues of
-    its smaller Gram matrix. Small singular values carry an absolute error of
-    about sqrt(eps) * sigma_max (the Gram matrix squares the condition
-    number), which moves a mean over dozens of values by ~1e-4 relative;
-    the exact QR route of ``metrics.singular_values`` costs ~8x more per
-    Jacobian, and there are ``jacobian_probe_size`` of them per layer and
-    member."""
-    gram = j @ j.T if j.shape[0] <= j.shape[1] else j.T @ j
-    return jnp.sqrt(jnp.clip(jnp.linalg.eigvalsh(gram), 0.0, None)).mean()
+def _per_shape(fn, arrays):
+    """``[fn(a) for a in arrays]``, with the arrays of one shape stacked into
+    one vmapped call: layers of equal width share their linear algebra (one
+    batched solve instead of one per layer)."""
+    groups: dict = {}
+    for i, a in enumerate(arrays):
+        groups.setdefault(a.shape, []).append(i)
+    out = [None] * len(arrays)
+    for members in groups.values():
+        values = jax.vmap(fn)(jnp.stack([arrays[i] for i in members]))
+        for j, i in enumerate(members):
+            out[i] = values[j]
+    return out
 
 
-def _jacobian_full(p: Probe, ctx: Context, l: int, token):
-    n = min(ctx.settings.jacobian_probe_size, p.cap["pre"][l].shape[0])
-    jac = _after(_layer_jacobians(p, ctx, l, n), token)
-    sv = jax.vmap(_mean_singular_value)(jac).mean()
-    return {f"jacobian_sv/layer_{l}": sv}, sv
+def _gram(j):
+    """The smaller Gram matrix of ``j`` (m, n): ``j j^T`` when m <= n, else
+    ``j^T j``."""
+    return j @ j.T if j.shape[0] <= j.shape[1] else j.T @ j
 
 
-def _rank_full(p: Probe, ctx: Context, l: int, token):
-    rank = metrics.effective_rank(_after(p.cap["out"][l], token))
-    return {f"effective_rank/layer_{l}": rank}, rank
+def _mean_singular_value(gram):
+    """Mean of the min(m, n) singular values of a matrix ``j`` (m, n), from
+    the eigenvalues of its smaller Gram matrix (:func:`_gram`), by
+    :func:`deadjax.linalg.symmetric_eigenvalues`. Small singular values
+    carry an absolute error of about sqrt(eps) * sigma_max (the Gram matrix
+    squares the condition number), which moves a mean over dozens of values
+    by ~1e-4 relative; the backward-stable route of
+    :func:`deadjax.metrics.singular_values` costs about twice as much per
+    Jacobian on CPU and ~8 times on GPUs, and there are
+    ``jacobian_probe_size`` of them per layer and member."""
+    return jnp.sqrt(jnp.clip(linalg.symmetric_eigenvalues(gram), 0.0, None)).mean()
+
+
+def _jacobian_full(p: Probe, ctx: Context) -> dict:
+    grams = []
+    for l, _ in _layers(ctx):
+        n = min(ctx.settings.jacobian_probe_size, p.cap["pre"][l].shape[0])
+        grams.append(jax.vmap(_gram)(_layer_jacobians(p, ctx, l, n)))
+    svs = _per_shape(lambda g: jax.vmap(_mean_singular_value)(g).mean(), grams)
+    return {f"jacobian_sv/{where}": sv for (_, where), sv in zip(_layers(ctx), svs)}
+
+
+def _rank_full(p: Probe, ctx: Context) -> dict:
+    ranks = _per_shape(metrics.effective_rank, [p.cap["out"][l] for l, _ in _layers(ctx)])
+    return {f"effective_rank/{where}": rank for (_, where), rank in zip(_layers(ctx), ranks)}
 
 
 def _output(p: Probe, ctx: Context) -> dict:
@@ -232,13 +242,12 @@ def _output(p: Probe, ctx: Context) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Family:
     """A family of diagnostics: ``every(probe, ctx) -> {name: scalar}`` at every
-    evaluation; ``full(probe, ctx, layer, token) -> ({name: scalar}, token)``
-    per hidden layer at full evaluations only (``token`` orders the linear
-    algebra, see :func:`_after`); either may be None."""
+    evaluation; ``full(probe, ctx) -> {name: scalar}`` (every hidden layer's)
+    at full evaluations only; either may be None."""
     name: str
     doc: str
     every: Callable[[Probe, Context], dict] | None = None
-    full: Callable[[Probe, Context, int, Any], tuple[dict, Any]] | None = None
+    full: Callable[[Probe, Context], dict] | None = None
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -277,18 +286,16 @@ def measure(probe: Probe, ctx: Context) -> dict:
 
 def measure_full(probe: Probe, ctx: Context):
     """The costly diagnostics of a full evaluation, for one member:
-    ``(scalars, histograms)``: the chosen families' ``full`` parts, layer by
-    layer, and every layer's histograms of pre-activations, activations and
-    deltas (:func:`deadjax.metrics.histogram`)."""
+    ``(scalars, histograms)``: the chosen families' ``full`` parts and every
+    layer's histograms of pre-activations, activations and deltas
+    (:func:`deadjax.metrics.histogram`)."""
     out: dict = {}
+    for fam in _chosen(ctx):
+        if fam.full is not None:
+            out.update(fam.full(probe, ctx))
     hists: dict = {}
-    token = jnp.zeros((), jnp.float32)
-    full = [f for f in _chosen(ctx) if f.full is not None]
+    cap = probe.cap
     for l, where in _layers(ctx):
-        for fam in full:
-            values, token = fam.full(probe, ctx, l, token)
-            out.update(values)
-        cap = probe.cap
         for kind, values in (("preact", cap["pre"][l]), ("activation", cap["post"][l]),
                              ("delta", probe.deltas[l])):
             hists[f"{kind}/{where}"] = metrics.histogram(values, ctx.settings.histogram_bins)

@@ -1,16 +1,20 @@
 """The XLA-written eigenvalue and singular-value routines against numpy.linalg
-(in float64).
+(in float64), and the CPU diagnostics program free of LAPACK custom calls.
 
 Tolerance: both routines are backward stable, so in float32 every eigenvalue
 (singular value) is within a small multiple of eps * ||A||_2 of the exact one,
 eps = 1.19e-7. The tests allow 2e-6 * ||A||_2 (17 eps), the bound the LAPACK
 route was held to (tests/test_metrics.py); measured errors are <= 4e-7."""
 
+import re
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from deadjax import linalg
+from tests.conftest import compiled_for, device_data, init_members, tiny_config
 
 TOL = 2e-6
 
@@ -135,3 +139,15 @@ def test_cpu_routes_are_the_xla_ones():
     np.testing.assert_array_equal(linalg.singular_values(m), linalg.xla_svdvals(m))
     a = SYM_CASES["indefinite 33"]
     np.testing.assert_array_equal(linalg.symmetric_eigenvalues(a), linalg.xla_eigvalsh(a))
+
+
+def test_diagnostics_program_has_no_custom_call_on_cpu():
+    """A LAPACK custom call in the program can deadlock XLA:CPU's thread pool
+    (deadjax.linalg); the program of every diagnostic family has none."""
+    cfg = tiny_config(model__norm="layer", model__widths=(10, 10), model__residual=True)
+    pop = compiled_for(cfg)
+    state = init_members(pop, [cfg] * 2, seeds=[0, 1])
+    hlo = pop.chunk.lower(state, device_data(cfg), jnp.int32(0),
+                          jnp.bool_(True)).compile().as_text()
+    assert "jacobian" in cfg.diagnostics.families and "rank" in cfg.diagnostics.families
+    assert not re.findall(r'custom_call_target="([^"]*)"', hlo)
