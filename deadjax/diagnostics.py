@@ -203,18 +203,35 @@ def _per_shape(fn, arrays):
 
 
 def _gram(j):
-    """The smaller Gram matrix of ``j`` (m, n): ``j j^T`` when m <= n, else
-    ``j^T j``."""
-    return j @ j.T if j.shape[0] <= j.shape[1] else j.T @ j
+    """The smaller Gram matrix of ``j`` (m, n), ``j j^T`` when m <= n (else
+    ``j^T j``), with its eigenvalues for exactly-zero rows of ``j`` moved
+    below zero (see :func:`_mean_singular_value`)."""
+    if j.shape[0] > j.shape[1]:
+        return j.T @ j
+    gram = j @ j.T
+    zero_rows = jnp.all(j == 0, axis=1)
+    return gram - jnp.diag(jnp.where(zero_rows, jnp.max(jnp.diagonal(gram)), 0.0))
 
 
 def _mean_singular_value(gram):
     """Mean of the min(m, n) singular values of a matrix ``j`` (m, n), from
     the eigenvalues of its smaller Gram matrix (:func:`_gram`), by
-    :func:`deadjax.linalg.symmetric_eigenvalues`. Small singular values
-    carry an absolute error of about sqrt(eps) * sigma_max (the Gram matrix
-    squares the condition number), which moves a mean over dozens of values
-    by ~1e-4 relative; the backward-stable route of
+    :func:`deadjax.linalg.symmetric_eigenvalues`, square roots of the
+    eigenvalues clipped at 0.
+
+    Accuracy: the Gram matrix squares the condition number, so a small
+    singular value carries an absolute error of about sqrt(eps) * sigma_max.
+    Exactly-zero singular values are frequent: a unit with phi'(z) = 0 at
+    the input (dead there) makes a zero row of the Jacobian, and a zero row
+    and column of ``j j^T``. The eigensolver would return the zeros of that
+    decoupled block as +-eps * lambda_max, whose square roots (~3e-4
+    sigma_max each) would move the mean by ~1e-4 and make it jump with any
+    rounding-level change of the weights (one device against four). So
+    :func:`_gram` sets the diagonal of those rows to ``-max_i G_ii``: the
+    block stays decoupled, its eigenvalues move to ``-max_i G_ii`` (clipped
+    to exactly 0) and the others are those of the remaining units' block,
+    unchanged. What is left is the Gram error on small non-zero singular
+    values, ~1e-5 relative on the mean; the backward-stable route of
     :func:`deadjax.metrics.singular_values` costs about twice as much per
     Jacobian on CPU and ~8 times on GPUs, and there are
     ``jacobian_probe_size`` of them per layer and member."""
