@@ -33,7 +33,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from deadjax import activations, metrics, models
+from deadjax import activations, linalg, metrics, models
 
 
 class LossInputs(NamedTuple):
@@ -183,9 +183,9 @@ def _saturation(p: Probe, ctx: Context) -> dict:
     return out
 
 
-def _saturation_full(p: Probe, ctx: Context, l: int, token):
-    return {f"preact_{name}/layer_{l}": value
-            for name, value in metrics.preact_percentiles(p.cap["pre"][l]).items()}, token
+def _saturation_full(p: Probe, ctx: Context) -> dict:
+    return {f"preact_{name}/{where}": value for l, where in _layers(ctx)
+            for name, value in metrics.preact_percentiles(p.cap["pre"][l]).items()}
 
 
 def _gradients(p: Probe, ctx: Context) -> dict:
@@ -212,20 +212,6 @@ def _signal(p: Probe, ctx: Context) -> dict:
         out[f"q/{where}"] = metrics.q_value(p.cap["pre"][l])
         out[f"c/{where}"] = metrics.c_value(p.cap["pre"][l])
     return out
-
-
-def _after(x, token):
-    """``x``, computed only once ``token`` is.
-
-    XLA:CPU runs independent LAPACK custom calls (QR, eigh) concurrently, and
-    each batched kernel then waits for work it queued on the same thread pool:
-    on a 2-core machine two of them deadlock (seen with jaxlib 0.10.2, a QR
-    and an eigh each blocked in ``ParallelBatchMap``). A real data dependency
-    (an optimisation barrier is not one for the CPU runtime's scheduler) makes
-    them run one after another; the added zero costs one elementwise pass.
-    The full families thread ``token`` through their linear algebra for this.
-    """
-    return x + 0.0 * token
 
 
 def _layer_jacobians(p: Probe, ctx: Context, l: int, n: int):
@@ -259,28 +245,69 @@ def _layer_jacobians(p: Probe, ctx: Context, l: int, n: int):
     return jac
 
 
-def _mean_singular_value(j):
-    """Mean of the min(m, n) singular values of ``j``, from the eigenvalues of
-    its smaller Gram matrix. Small singular values carry an absolute error of
-    about sqrt(eps) * sigma_max (the Gram matrix squares the condition
-    number), which moves a mean over dozens of values by ~1e-4 relative;
-    the exact QR route of ``metrics.singular_values`` costs ~8x more per
-    Jacobian, and there are ``jacobian_probe_size`` of them per layer and
-    member."""
-    gram = j @ j.T if j.shape[0] <= j.shape[1] else j.T @ j
-    return jnp.sqrt(jnp.clip(jnp.linalg.eigvalsh(gram), 0.0, None)).mean()
+def _per_shape(fn, arrays):
+    """``[fn(a) for a in arrays]``, with the arrays of one shape stacked into
+    one vmapped call: layers of equal width share their linear algebra (one
+    batched solve instead of one per layer)."""
+    groups: dict = {}
+    for i, a in enumerate(arrays):
+        groups.setdefault(a.shape, []).append(i)
+    out = [None] * len(arrays)
+    for members in groups.values():
+        values = jax.vmap(fn)(jnp.stack([arrays[i] for i in members]))
+        for j, i in enumerate(members):
+            out[i] = values[j]
+    return out
 
 
-def _jacobian_full(p: Probe, ctx: Context, l: int, token):
-    n = min(ctx.settings.jacobian_probe_size, p.cap["pre"][l].shape[0])
-    jac = _after(_layer_jacobians(p, ctx, l, n), token)
-    sv = jax.vmap(_mean_singular_value)(jac).mean()
-    return {f"jacobian_sv/layer_{l}": sv}, sv
+def _gram(j):
+    """The smaller Gram matrix of ``j`` (m, n), ``j j^T`` when m <= n (else
+    ``j^T j``), with its eigenvalues for exactly-zero rows of ``j`` moved
+    below zero (see :func:`_mean_singular_value`)."""
+    if j.shape[0] > j.shape[1]:
+        return j.T @ j
+    gram = j @ j.T
+    zero_rows = jnp.all(j == 0, axis=1)
+    return gram - jnp.diag(jnp.where(zero_rows, jnp.max(jnp.diagonal(gram)), 0.0))
 
 
-def _rank_full(p: Probe, ctx: Context, l: int, token):
-    rank = metrics.effective_rank(_after(p.cap["out"][l], token))
-    return {f"effective_rank/layer_{l}": rank}, rank
+def _mean_singular_value(gram):
+    """Mean of the min(m, n) singular values of a matrix ``j`` (m, n), from
+    the eigenvalues of its smaller Gram matrix (:func:`_gram`), by
+    :func:`deadjax.linalg.symmetric_eigenvalues`, square roots of the
+    eigenvalues clipped at 0.
+
+    Accuracy: the Gram matrix squares the condition number, so a small
+    singular value carries an absolute error of about sqrt(eps) * sigma_max.
+    Exactly-zero singular values are frequent: a unit with phi'(z) = 0 at
+    the input (dead there) makes a zero row of the Jacobian, and a zero row
+    and column of ``j j^T``. The eigensolver would return the zeros of that
+    decoupled block as +-eps * lambda_max, whose square roots (~3e-4
+    sigma_max each) would move the mean by ~1e-4 and make it jump with any
+    rounding-level change of the weights (one device against four). So
+    :func:`_gram` sets the diagonal of those rows to ``-max_i G_ii``: the
+    block stays decoupled, its eigenvalues move to ``-max_i G_ii`` (clipped
+    to exactly 0) and the others are those of the remaining units' block,
+    unchanged. What is left is the Gram error on small non-zero singular
+    values, ~1e-5 relative on the mean; the backward-stable route of
+    :func:`deadjax.metrics.singular_values` costs about twice as much per
+    Jacobian on CPU and ~8 times on GPUs, and there are
+    ``jacobian_probe_size`` of them per layer and member."""
+    return jnp.sqrt(jnp.clip(linalg.symmetric_eigenvalues(gram), 0.0, None)).mean()
+
+
+def _jacobian_full(p: Probe, ctx: Context) -> dict:
+    grams = []
+    for l, _ in _layers(ctx):
+        n = min(ctx.settings.jacobian_probe_size, p.cap["pre"][l].shape[0])
+        grams.append(jax.vmap(_gram)(_layer_jacobians(p, ctx, l, n)))
+    svs = _per_shape(lambda g: jax.vmap(_mean_singular_value)(g).mean(), grams)
+    return {f"jacobian_sv/{where}": sv for (_, where), sv in zip(_layers(ctx), svs)}
+
+
+def _rank_full(p: Probe, ctx: Context) -> dict:
+    ranks = _per_shape(metrics.effective_rank, [p.cap["out"][l] for l, _ in _layers(ctx)])
+    return {f"effective_rank/{where}": rank for (_, where), rank in zip(_layers(ctx), ranks)}
 
 
 # The key of the sharpness family's first start vector (a fixed draw, the same
@@ -343,9 +370,8 @@ def _output(p: Probe, ctx: Context) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Family:
     """A family of diagnostics: ``every(probe, ctx) -> {name: scalar}`` at every
-    evaluation; ``full(probe, ctx, layer, token) -> ({name: scalar}, token)``
-    per hidden layer at full evaluations only (``token`` orders the linear
-    algebra, see :func:`_after`); either may be None. A family that carries
+    evaluation; ``full(probe, ctx) -> {name: scalar}`` (every hidden layer's)
+    at full evaluations only; either may be None. A family that carries
     something from one evaluation to the next gives ``init_carry(ctx,
     params)`` (a member's initial carry from its initial parameters, kept in
     ``MemberState.carry[name]``, read as ``probe.carry[name]``); its
@@ -356,7 +382,7 @@ class Family:
     name: str
     doc: str
     every: Callable[[Probe, Context], Any] | None = None
-    full: Callable[[Probe, Context, int, Any], tuple[dict, Any]] | None = None
+    full: Callable[[Probe, Context], dict] | None = None
     init_carry: Callable[[Context, Any], Any] | None = None
     default: bool = True   # in the default diagnostics.families
 
@@ -414,36 +440,25 @@ def measure(probe: Probe, ctx: Context) -> tuple[dict, dict]:
     return out, carries
 
 
-def for_full(probe: Probe, values: dict) -> Probe:
-    """What the full evaluation reads of ``probe`` once :func:`measure` gave
-    ``values``: the sharpness family's inputs dropped (the full families do
-    not read them, and the sharpness batch would otherwise leave the vmap
-    copied once per member) and, where that family ran, ``cap["pre"][0]``
-    made to depend on its result (:func:`_after`, an exact identity), so
-    that its batched ``eigh`` has finished before the full families' QR and
-    eigensolvers start."""
-    probe = probe._replace(loss_inputs=None)
-    if "sharpness_iterations" in values and probe.cap["pre"]:
-        pre = list(probe.cap["pre"])
-        pre[0] = _after(pre[0], values["sharpness_iterations"].astype(pre[0].dtype))
-        probe = probe._replace(cap={**probe.cap, "pre": pre})
-    return probe
+def for_full(probe: Probe) -> Probe:
+    """What the full evaluation reads of ``probe``: the sharpness family's
+    inputs dropped (the full families do not read them, and the sharpness
+    batch would otherwise leave the vmap copied once per member)."""
+    return probe._replace(loss_inputs=None)
 
 
 def measure_full(probe: Probe, ctx: Context):
     """The costly diagnostics of a full evaluation, for one member:
-    ``(scalars, histograms)``: the chosen families' ``full`` parts, layer by
-    layer, and every layer's histograms of pre-activations, activations and
-    deltas (:func:`deadjax.metrics.histogram`)."""
+    ``(scalars, histograms)``: the chosen families' ``full`` parts and every
+    layer's histograms of pre-activations, activations and deltas
+    (:func:`deadjax.metrics.histogram`)."""
     out: dict = {}
+    for fam in _chosen(ctx):
+        if fam.full is not None:
+            out.update(fam.full(probe, ctx))
     hists: dict = {}
-    token = jnp.zeros((), jnp.float32)
-    full = [f for f in _chosen(ctx) if f.full is not None]
+    cap = probe.cap
     for l, where in _layers(ctx):
-        for fam in full:
-            values, token = fam.full(probe, ctx, l, token)
-            out.update(values)
-        cap = probe.cap
         for kind, values in (("preact", cap["pre"][l]), ("activation", cap["post"][l]),
                              ("delta", probe.deltas[l])):
             hists[f"{kind}/{where}"] = metrics.histogram(values, ctx.settings.histogram_bins)

@@ -13,8 +13,8 @@ hidden layer with ``U`` units has pre-activations ``z`` (N, U), post-activations
 
 Numerics. Inputs are promoted to at least float32 (bf16 activations are
 up-cast). No function here uses a matrix multiplication whose precision depends
-on ``jax_default_matmul_precision`` (singular values come from QR and a
-symmetric eigensolver, the correlation from sums), so the diagnostics do not
+on ``jax_default_matmul_precision`` (singular values come from
+:mod:`deadjax.linalg`, the correlation from sums), so the diagnostics do not
 change with ``train.precision``.
 
 See docs/metrics.md for every definition, its source and a worked example.
@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
+
+from deadjax import linalg
 
 __all__ = [
     "cross_entropy", "accuracy", "f1_macro", "roc_auc_binary", "auc_roc_ovr",
@@ -475,37 +477,14 @@ def c_value(z):
 # ---------------------------------------------------------------------------
 
 def singular_values(m):
-    """Singular values of a matrix (a, b), descending, min(a, b) of them.
-
-    A non-square matrix is first reduced to its square triangular factor
-    (``m = Q R``, or ``m^T = Q R`` when a < b), which has the same singular
-    values. Those of the square factor R (k x k) are the largest k
-    eigenvalues of the symmetric Jordan-Wielandt matrix
-    ``[[0, R], [R^T, 0]]``, whose eigenvalues are ``+-sigma_k`` (Golub & Van
-    Loan, Matrix Computations, Sec. 8.6.1); round-off negatives are clipped to
-    0. QR and the symmetric eigensolver are backward stable, so the absolute
-    error is ~eps * sigma_max, as for an SVD -- unlike the Gram matrix
-    ``m^T m``, which squares the condition number (spurious singular values
-    ~sqrt(eps) * sigma_max, about 3e-4 sigma_max in float32). It is used
-    instead of ``jnp.linalg.svd`` because batched SVDs are slow on GPUs
-    (4096 SVDs of 128 x 128 took 10.5 s on an H100, this function 0.14 s)
-    and, measured there, less accurate in float32 (~1e-5 sigma_max against
-    <= 4e-7 sigma_max here).
+    """Singular values of a matrix (a, b), descending, min(a, b) of them, with
+    absolute error ~eps * sigma_max: :func:`deadjax.linalg.singular_values`
+    (on CPU Householder QR and bidiagonalisation written in XLA operations,
+    then bisection; elsewhere QR and the backend's symmetric eigensolver on
+    the Jordan-Wielandt matrix ``[[0, R], [R^T, 0]]``). Neither forms the
+    Gram matrix ``m^T m``, which squares the condition number.
     """
-    m = _float(m)
-    a, b = m.shape
-    if a != b:
-        m = jax.lax.linalg.qr(m if a > b else m.T, full_matrices=False)[1]
-    k = min(a, b)
-    # At least 33 rows: on GPUs JAX solves eigenproblems of size <= 32 with
-    # batched Jacobi (cuSOLVER syevj), measured at ~4e-6 sigma_max error on an
-    # H100, against ~3e-7 for the larger-size solver. The extra zero rows
-    # only add eigenvalues 0.
-    size = max(2 * k, 33)
-    aug = jnp.zeros((size, size), m.dtype)
-    aug = aug.at[:k, k:2 * k].set(m).at[k:2 * k, :k].set(m.T)
-    ev = jnp.linalg.eigvalsh(aug)            # ascending
-    return jnp.clip(ev[::-1][:k], 0.0, None)
+    return linalg.singular_values(m)
 
 
 def jacobian_mean_singular_value(kernel, dphi):
@@ -536,11 +515,10 @@ def jacobian_mean_singular_value(kernel, dphi):
 def representation_singular_values(h):
     """Singular values of an (N, U) representation matrix, descending.
 
-    :func:`singular_values` (QR to the min(N, U) square factor, then a
-    symmetric eigensolver). The route through the Gram matrix ``h^T h`` and
-    ``eigvalsh`` squares the condition number: in float32 its spurious
-    singular values are ~3e-4 sigma_max, and a rank-5 matrix of 1024 x 128
-    then has effective rank 5.11 instead of 5.
+    :func:`singular_values` (backward stable). The route through the Gram
+    matrix ``h^T h`` and ``eigvalsh`` squares the condition number: in
+    float32 its spurious singular values are ~3e-4 sigma_max, and a rank-5
+    matrix of 1024 x 128 then has effective rank 5.11 instead of 5.
     """
     return singular_values(h)
 
@@ -688,7 +666,7 @@ def hessian_top_eigenvalue(loss_fn, params, v0, num_iters: int, tol: float,
     ``β_j = ‖w‖``, ``q_{j+1} = w / β_j``. The tridiagonal ``T_j``
     (``α`` on the diagonal, ``β`` beside it) is the Rayleigh quotient of
     ``H`` on the Krylov space ``span{q_1, H q_1, ..., H^{j−1} q_1}``; its
-    largest eigenvalue ``θ`` (``jnp.linalg.eigh`` of ``T_j``) is the largest
+    largest eigenvalue ``θ`` (:func:`deadjax.linalg.tridiagonal_top_eigenpair`) is the largest
     Ritz value, always ``≤ λ_max(H)`` (Cauchy interlacing), and its Ritz
     vector ``y = Q_j s`` has the residual ``‖H y − θ y‖ = β_j |s_j|``
     (``s_j`` the last entry of ``T_j``'s eigenvector). The method stops when
@@ -735,17 +713,17 @@ def hessian_top_eigenvalue(loss_fn, params, v0, num_iters: int, tol: float,
     def top_ritz(alpha, beta, j):
         """The largest eigenpair of ``T`` restricted to its leading ``j + 1``
         rows: the rows beyond are decoupled and their diagonal set below
-        every Gershgorin disc of the leading block, so ``eigh``'s last
-        eigenpair is the leading block's."""
+        every Gershgorin disc of the leading block, so the top eigenpair
+        (:func:`deadjax.linalg.tridiagonal_top_eigenpair`: no LAPACK call on
+        CPU) is the leading block's."""
         active = idx <= j
         off = jnp.where(idx < j, beta, 0.0)[: k - 1]
         radius = jnp.abs(jnp.concatenate([off, jnp.zeros((1,), dtype)])) + jnp.abs(
             jnp.concatenate([jnp.zeros((1,), dtype), off]))
         lowest = jnp.min(jnp.where(active, alpha - radius, jnp.inf))
         diag = jnp.where(active, alpha, lowest - 1.0 - jnp.abs(lowest))
-        t = jnp.diag(diag) + jnp.diag(off, 1) + jnp.diag(off, -1)
-        values, vectors = jnp.linalg.eigh(t)
-        return values[-1], jnp.where(active, vectors[:, -1], 0.0)
+        value, vector = linalg.tridiagonal_top_eigenpair(diag, off)
+        return value, jnp.where(active, vector, 0.0)
 
     def cycle(q, budget):
         """One Lanczos run of at most ``min(k, budget)`` steps from the unit

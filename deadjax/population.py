@@ -46,7 +46,7 @@ import numpy as np
 import optax
 
 from deadjax import (config as config_lib, data as data_lib, diagnostics, interventions,
-                     metrics, models, optim, sharding, tasks)
+                     linalg, metrics, models, optim, sharding, tasks)
 
 # The constant that separates the random stream of re-initialised units.
 FRESH_STREAM = 0x66726573   # "fres"
@@ -435,7 +435,12 @@ def make_program(spec: GroupSpec) -> Program:
         scalars.update(values)
         evidence = Evidence(finite, diagnostics.dead_masks(probe, diag),
                             scalars["output_constant"] > 0, carry)
-        return scalars, diagnostics.for_full(probe, values), evidence
+        return scalars, diagnostics.for_full(probe), evidence
+
+    # The costly diagnostics' linear algebra runs as XLA loops on CPU
+    # (deadjax.linalg), fastest on one member's matrices at a time: each
+    # device takes its own members in turn. Accelerators batch every member.
+    per_member = sharding.map_members if linalg.use_xla_solvers() else jax.vmap
 
     def evaluate(state: MemberState, data: dict, full):
         """Every member's measurements on the task of the last step taken:
@@ -449,7 +454,7 @@ def make_program(spec: GroupSpec) -> Program:
                 state, splits)
             if probe is None:
                 return scalars, {}, evidence
-            costly = jax.vmap(lambda p: diagnostics.measure_full(p, diag))
+            costly = per_member(lambda p: diagnostics.measure_full(p, diag))
             shapes = jax.eval_shape(costly, probe)
 
             def skipped(_):

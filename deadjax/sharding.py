@@ -41,6 +41,21 @@ def population_size(num_points: int, max_population: int) -> int:
     return int(math.ceil(wanted / d) * d)
 
 
+def map_members(fn):
+    """``fn`` of one member applied to every member of a population whose
+    leading axis is sharded over the mesh (the member sharding): each device
+    runs ``fn`` on its own members one after another (``shard_map`` of
+    ``lax.map``), without communication. Where ``jax.vmap`` would batch every
+    operation over all of a device's members, this keeps one member's arrays
+    in cache through a loop of many small steps (the CPU linear algebra of
+    :mod:`deadjax.linalg`). ``fn`` sees one member and uses no collective, so
+    ``shard_map``'s check of varying axes is off: it would reject any loop
+    whose carry starts from a constant."""
+    spec = PartitionSpec(AXIS)
+    return jax.shard_map(lambda tree: jax.lax.map(fn, tree), mesh=mesh(), in_specs=spec,
+                         out_specs=spec, check_vma=False)
+
+
 def shard_members(tree):
     """Places every leaf (leading member axis) on the member sharding."""
     sharding = members()

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deadjax import data, population
+from deadjax import data, diagnostics, population
 from tests.conftest import compiled_for, device_data, init_members, tiny_config
 
 
@@ -351,3 +351,24 @@ def test_negative_persistent_and_revived_follow_numpy_across_evaluations():
                                        (before[m][l] & ~now[l]).mean())
     np.testing.assert_allclose(second["negative_persistent/layer_0"], 0.1)
     np.testing.assert_allclose(second["negative_revived/layer_0"], 0.1)
+
+
+def test_mean_singular_value_of_units_dead_at_the_input_is_exact():
+    """A unit with phi' = 0 at an input makes a zero row of the Jacobian and
+    an exactly-zero singular value: it reads 0, not the square root of the
+    eigensolver's round-off (~3e-4 sigma_max, ~1e-4 on the mean)."""
+    rng = np.random.default_rng(0)
+    w = (rng.normal(size=(64, 48)) / 8).astype(np.float32)        # kernel (in, out)
+    mean_sv = jax.jit(lambda j: diagnostics._mean_singular_value(diagnostics._gram(j)))
+    for dead in (0, 1, 24, 47):
+        d = np.ones(48, np.float32)
+        d[rng.permutation(48)[:dead]] = 0
+        j = d[:, None] * w.T                                         # (out, in), out < in
+        ref = np.linalg.svd(j.astype(np.float64), compute_uv=False).mean()
+        np.testing.assert_allclose(mean_sv(j), ref, rtol=2e-6, err_msg=f"{dead} dead")
+    assert float(mean_sv(np.zeros((48, 64), np.float32))) == 0.0
+    assert np.isnan(float(mean_sv(np.full((48, 64), np.nan, np.float32))))
+    wide = (rng.normal(size=(12, 40)) / 4).astype(np.float32)         # out > in: j^T j
+    np.testing.assert_allclose(mean_sv(wide.T), np.linalg.svd(wide.T.astype(np.float64),
+                                                              compute_uv=False).mean(),
+                               rtol=1e-5)
