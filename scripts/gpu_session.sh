@@ -30,7 +30,7 @@
 #      bash scripts/gpu_session.sh core claim          (about 5 minutes)
 #      bash scripts/gpu_session.sh plasticity sweep    (about 4 minutes)
 #
-# 3. On a CPU, the same pipeline at toy sizes (about 4 minutes on 2 cores):
+# 3. On a CPU, the same pipeline at toy sizes (about 6-7 minutes on 2 busy cores):
 #      PYTHON=.venv/bin/python bash scripts/gpu_session.sh --tiny
 #
 # Parts run in the order given (default: core claim plasticity sweep). Each
