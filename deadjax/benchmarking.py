@@ -375,3 +375,94 @@ def matmul_flops_per_second(device, *, size: int = 4096, repeats: int = 5,
     jax.block_until_ready(matmul(a, b))
     seconds = median([timed(lambda: matmul(a, b)) for _ in range(repeats)])
     return 2.0 * size ** 3 / seconds
+
+
+class Budget:
+    """Seconds a section may spend (``seconds <= 0``: no limit). ``share(k)``
+    is what is left divided among ``k`` remaining parts; ``allows(estimate)``
+    whether another part that takes about ``estimate`` seconds still fits."""
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds or 0)
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float:
+        return float("inf") if self.seconds <= 0 else self.seconds - self.elapsed()
+
+    def share(self, parts: int) -> float:
+        return self.left() / max(parts, 1)
+
+    def allows(self, estimate: float = 0.0) -> bool:
+        return self.left() > estimate
+
+
+# --------------------------------------------------------------------------
+# Profiles: what a compiled program launches, and where a traced call spends
+# its device time
+# --------------------------------------------------------------------------
+
+def hlo_op_counts(compiled) -> dict[str, int]:
+    """Counts of the instructions of a compiled program's optimised HLO outside
+    fused computations, by kind: ``fusion``, ``custom-call`` (cuBLAS/cuDNN
+    calls on a GPU), ``while`` and ``other`` (parameters, constants, tuples and
+    bitcasts left out). A static profile: each counted instruction is about
+    one launch per execution of its computation; a loop body's instructions
+    count once however many steps the loop runs."""
+    import re
+    text = compiled.as_text()
+    fused = set(re.findall(r"\bfusion\(.*?calls=%?([\w.\-]+)", text))
+    counts = {"fusion": 0, "custom-call": 0, "while": 0, "other": 0}
+    free = ("parameter", "constant", "get-tuple-element", "tuple", "bitcast")
+    current = None
+    for line in text.splitlines():
+        s = line.strip()
+        if s.endswith("{") and " = " not in s:
+            words = s.split()
+            name = words[1] if words[0] == "ENTRY" and len(words) > 1 else words[0]
+            current = name.lstrip("%")
+            continue
+        if current is None or current in fused or " = " not in s:
+            continue
+        m = re.search(r"=\s.*?\s([a-z][a-z0-9\-]*)\(", s)
+        if not m or m.group(1) in free:
+            continue
+        op = m.group(1)
+        counts[op if op in counts else "other"] += 1
+    return counts
+
+
+def trace_summary(trace_dir, top: int = 8) -> dict:
+    """Device time of a ``jax.profiler.trace(..., create_perfetto_trace=True)``
+    folder: ``{"events", "busy_us", "top": [(name, us, count)]}`` over the
+    trace's device streams (process names holding "GPU" or "TPU"; the host's
+    when there are none, as on a CPU)."""
+    import collections
+    import glob
+    import gzip
+    import json
+    import os
+    files = sorted(glob.glob(os.path.join(str(trace_dir), "**", "perfetto_trace.json.gz"),
+                             recursive=True))
+    if not files:
+        return {"events": 0, "busy_us": 0.0, "top": [], "where": "no trace"}
+    with gzip.open(files[-1], "rt") as f:
+        data = json.load(f)
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    procs = {e.get("pid"): e.get("args", {}).get("name", "") for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    device = {p for p, n in procs.items() if "GPU" in n or "TPU" in n}
+    keep = device or set(procs)
+    total, count = collections.Counter(), collections.Counter()
+    for e in events:
+        # On a host-only trace, Python's own frames ("$file:line name") nest
+        # around the runtime's events: left out.
+        if (e.get("ph") == "X" and e.get("pid") in keep
+                and (device or not str(e.get("name", "")).startswith("$"))):
+            total[e["name"]] += float(e.get("dur", 0.0))
+            count[e["name"]] += 1
+    return {"events": int(sum(count.values())), "busy_us": float(sum(total.values())),
+            "top": [(n, us, count[n]) for n, us in total.most_common(top)],
+            "where": "device" if device else "host"}

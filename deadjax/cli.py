@@ -492,16 +492,21 @@ def reproduce_main(argv) -> int:
                    help="scaled-down run (a minute or two on 2 CPU cores)")
     p.add_argument("--workdir", default=None, help="default runs/NAME")
     p.add_argument("--figures", default=None, help="default figures/NAME")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds of training, then check what finished (plasticity_gpu)")
     try:
         args = p.parse_args(argv)
         if args.name not in reproductions.NAMES:
             raise ConfigError(f"reproduction {args.name!r} is unknown; choose one of "
                               f"{', '.join(reproductions.NAMES)}.")
+        if args.time_budget is not None and not args.time_budget > 0:
+            raise ConfigError(f"--time-budget = {args.time_budget:g} must be a positive "
+                              "number of seconds.")
+        summary = reproductions.reproduce(args.name, quick=args.quick, workdir=args.workdir,
+                                          figdir=args.figures, time_budget=args.time_budget)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    summary = reproductions.reproduce(args.name, quick=args.quick, workdir=args.workdir,
-                                      figdir=args.figures)
     return 0 if all(c["pass"] for c in summary["checks"]) else errors.EXIT_FAILED
 
 

@@ -2,7 +2,9 @@
 
     python scripts/benchmark.py --device cpu                    # all sections
     python scripts/benchmark.py --device gpu --repeats 3        # populations 1..4096
+    python scripts/benchmark.py --device gpu --only core --precisions highest,tf32,bf16
     python scripts/benchmark.py --only core --populations 1,8,64 --steps 200
+    python scripts/benchmark.py --only claim                    # 1,000 members vs 5 runs
 
 Sections (``--only``):
 
@@ -14,7 +16,14 @@ Sections (``--only``):
     members trained one after another (``jit(scan(step))`` per member), from
     the same initial state; compile time apart; the share of the device's
     float32 matmul peak (measured here with a 4096² matmul), counting
-    ``6 · parameters · batch`` FLOPs per member-step.
+    ``6 · parameters · batch`` FLOPs per member-step. ``--precisions`` runs
+    the table once per ``train.precision`` (highest, tf32, bf16), each against
+    the matmul peak measured at that precision; ``--core-budget`` caps the
+    section's seconds (populations left when a precision's share is spent
+    are listed as skipped); ``--trace-dir`` records a profiler trace of one
+    call of each program at every population where deadjax is below
+    ``--trace-below`` of the hand-written program, and prints where the
+    device time goes.
 ``diagnostics``
     the same at population 64 with diagnostics on (default ``diagnostics.*``,
     ``train.eval_every = 100``) against off.
@@ -43,6 +52,14 @@ Sections (``--only``):
     (:class:`deadjax.benchmarking.HandwrittenSweep`), whole wall times,
     interleaved; where deadjax's time goes; and the cost of the default
     diagnostics on the 1,024-member sweep.
+``claim``
+    "a thousand models in the time of five": the wall time of a sweep of
+    ``--claim-members`` (1,000) seeds of one job (``--claim-config``, default
+    the MNIST-1D default job, experiments/mnist1d_mlp.py) through
+    ``scripts/sweep.py``'s code path, against the same job as
+    ``--claim-singles`` (5) single-seed sweeps run one after another through
+    the same code path, each from a fresh process state; median of
+    ``--claim-repeats`` rounds, and the ratio.
 
 Every timing is repeated ``--repeats`` times, deadjax and its baseline
 interleaved, and the tables give medians. See docs/benchmarks.md.
@@ -60,7 +77,8 @@ import tempfile
 import time
 from typing import Sequence
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, REPO)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -78,22 +96,40 @@ from deadjax.config import default_config  # noqa: E402
 # Flags and devices
 # --------------------------------------------------------------------------
 
+SECTIONS = ("core", "diagnostics", "interventions", "families", "io", "sweep", "claim")
+PRECISIONS = ("highest", "tf32", "bf16")
+RECORD: dict = {}  # every section's numbers, for --json
+TRACED = [0]       # populations traced so far (--trace-max)
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--populations", default=None,
-                   help="comma-separated; default 1,8,64,256 (cpu) or 1,4,...,4096 (gpu)")
+                   help="comma-separated, run in this order (the table is sorted; with "
+                        "--core-budget the last ones are those skipped); default 1,8,64,256 "
+                        "(cpu) or 1,4,...,4096 (gpu)")
     p.add_argument("--steps", type=int, default=None,
                    help="steps per timed chunk; default 200 (cpu) or 1000 (gpu)")
     p.add_argument("--member-steps", type=int, default=None,
                    help="cap on population x steps per timed chunk (big populations then "
-                        "time fewer steps); default 6400 (cpu), none (gpu)")
+                        "time fewer steps); default 6400 (cpu), 262144 (gpu)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--only", choices=("core", "diagnostics", "interventions", "families", "io",
-                                      "sweep"),
-                   action="append",
+    p.add_argument("--only", choices=SECTIONS, action="append",
                    help="run only this section (repeatable); default all")
-    p.add_argument("--precision", choices=("highest", "tf32", "bf16"), default="highest")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="train.precision of every section (default highest)")
+    p.add_argument("--precisions", default=None,
+                   help="comma-separated train.precision values of the core section, "
+                        "e.g. highest,tf32,bf16 (default: --precision)")
+    p.add_argument("--core-budget", type=float, default=0.0,
+                   help="seconds the core section may take (0: no cap); populations left "
+                        "when a precision's share is spent are skipped and listed")
+    p.add_argument("--trace-dir", default=None,
+                   help="core: profiler traces of one call of each program where deadjax "
+                        "is below --trace-below of the hand-written program")
+    p.add_argument("--trace-below", type=float, default=0.95)
+    p.add_argument("--trace-max", type=int, default=6,
+                   help="at most this many populations traced in all (a trace takes seconds)")
     p.add_argument("--loop-members", type=int, default=4,
                    help="members timed one after another for the loop baseline")
     p.add_argument("--matmul-size", type=int, default=4096)
@@ -115,14 +151,37 @@ def parse_args(argv=None):
                    help="comma-separated sweep cases of the sweep section")
     p.add_argument("--sweep-scale", type=int, default=1,
                    help="divide the sweeps' members, examples and steps (quick checks)")
+    p.add_argument("--sweep-budget", type=float, default=0.0,
+                   help="seconds the sweep section may take (0: no cap); repeats and cases "
+                        "that would not fit are skipped and listed")
+    p.add_argument("--claim-config", default="experiments/mnist1d_mlp.py")
+    p.add_argument("--claim-members", type=int, default=1000)
+    p.add_argument("--claim-singles", type=int, default=5)
+    p.add_argument("--claim-steps", type=int, default=0,
+                   help="train.steps of the claim's job (0: the config's)")
+    p.add_argument("--claim-max-population", type=int, default=0,
+                   help="train.max_population of the big sweep (0: all members in one)")
+    p.add_argument("--claim-repeats", type=int, default=None, help="default --repeats")
+    p.add_argument("--claim-budget", type=float, default=0.0,
+                   help="seconds the claim section may take (0: no cap); a round starts "
+                        "only if the one before would fit again")
+    p.add_argument("--json", default=None, help="also write every section's numbers here")
     args = p.parse_args(argv)
     gpu = args.device == "gpu"
     args.populations = ([int(s) for s in args.populations.split(",")] if args.populations
                         else ([4 ** k for k in range(7)] if gpu else [1, 8, 64, 256]))
     args.steps = args.steps or (1000 if gpu else 200)
     if args.member_steps is None:
-        args.member_steps = 0 if gpu else 6400
-    args.only = args.only or ["core", "diagnostics", "interventions", "io", "sweep"]
+        args.member_steps = 2 ** 18 if gpu else 6400
+    args.only = args.only or [s for s in SECTIONS if s != "claim"]
+    args.precisions = ([x.strip() for x in args.precisions.split(",") if x.strip()]
+                       if args.precisions else [args.precision or "highest"])
+    bad = [x for x in args.precisions if x not in PRECISIONS]
+    if bad:
+        p.error(f"--precisions: {', '.join(bad)} not allowed; choose from "
+                f"{', '.join(PRECISIONS)}")
+    args.precision = args.precision or args.precisions[0]
+    args.claim_repeats = args.claim_repeats or args.repeats
     args.families = [f for f in args.families.split(",") if f]
     return args
 
@@ -155,6 +214,14 @@ def steps_for(population: int, args) -> int:
 # --------------------------------------------------------------------------
 # Timing programs that donate their state
 # --------------------------------------------------------------------------
+
+def write_record(args) -> None:
+    """``--json``: every section's numbers so far (rewritten after each)."""
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump(RECORD, f, indent=1, default=float)
+
 
 def compile_timed(jitted, *example):
     """``(compiled, seconds)``: ahead-of-time lowering and compilation."""
@@ -209,27 +276,37 @@ def interleaved(runners: dict, repeats: int, calls: int = 1) -> dict[str, list[f
 # Core: deadjax vs hand-written vs a loop over members
 # --------------------------------------------------------------------------
 
-def core_row(population: int, args, peak: float) -> dict:
+def core_row(population: int, args, peak: float, precision: str,
+             loops: dict) -> dict:
+    """One row of the core table at ``precision``. ``loops`` caches the loop
+    baseline's rate by steps per timing (it does not depend on the
+    population), so each precision compiles and times it once per length."""
+    t_row = time.perf_counter()
     steps = steps_for(population, args)
-    cfg = bm.seed_config(eval_every=steps, steps=10 ** 6, precision=args.precision,
+    cfg = bm.seed_config(eval_every=steps, steps=10 ** 6, precision=precision,
                          max_population=population)
     compiled, state, data = bm.deadjax_population(cfg, population)
     hw = bm.Handwritten(cfg, data_lib.load(cfg))
     members = hw.from_deadjax(state)
-    loop_states = [bm.member(members, i) for i in range(min(population, args.loop_members))]
+    loop_states = ([] if steps in loops else  # before the timings donate ``state``
+                   [bm.member(hw.from_deadjax(state), i)
+                    for i in range(min(population, args.loop_members))])
     dj_prog, dj_compile = compile_timed(compiled.chunk, state, data, jnp.int32(steps),
                                         jnp.bool_(True))
     hw_prog, hw_compile = compile_timed(hw.population_program(steps), members)
-    loop_prog, _ = compile_timed(hw.member_program(steps), loop_states[0])
 
     eval_state = jax.tree.map(jnp.copy, state)  # train_chunk donates its state
-    times = interleaved({"deadjax": Runner(dj_prog, state, data, stop_after=steps),
-                         "evaluation": Runner(dj_prog, eval_state, data, stop_after=0),
-                         "handwritten": Runner(hw_prog, members)}, args.repeats)
-    loop = [Runner(loop_prog, s) for s in loop_states]
-    for r in loop:
-        r(1)
-    loop_times = [sum(r(1) for r in loop) for _ in range(args.repeats)]
+    runners = {"deadjax": Runner(dj_prog, state, data, stop_after=steps),
+               "evaluation": Runner(dj_prog, eval_state, data, stop_after=0),
+               "handwritten": Runner(hw_prog, members)}
+    times = interleaved(runners, args.repeats)
+    if loop_states:
+        loop_prog, _ = compile_timed(hw.member_program(steps), loop_states[0])
+        loop = [Runner(loop_prog, s) for s in loop_states]
+        for r in loop:
+            r(1)
+        loop_times = [sum(r(1) for r in loop) for _ in range(args.repeats)]
+        loops[steps] = bm.median([len(loop) * steps / t for t in loop_times])
 
     work = population * steps
     # A call trains ``steps`` steps and then evaluates (train/test metrics), as
@@ -238,11 +315,11 @@ def core_row(population: int, args, peak: float) -> dict:
     dj = [work / (t - e) for t, e in zip(times["deadjax"], times["evaluation"])]
     with_eval = [work / t for t in times["deadjax"]]
     hand = [work / t for t in times["handwritten"]]
-    loop_rate = bm.median([len(loop) * steps / t for t in loop_times])
+    loop_rate = loops[steps]
     flops = bm.flops_per_member_step(bm.SEED_FEATURES, bm.SEED_WIDTHS, bm.SEED_CLASSES,
                                      bm.SEED_BATCH)
-    return {
-        "population": population, "steps": steps,
+    row = {
+        "precision": precision, "population": population, "steps": steps,
         "deadjax": bm.median(dj), "handwritten": bm.median(hand),
         "ratio": bm.median([a / b for a, b in zip(dj, hand)]),  # paired per round
         "ratios": [a / b for a, b in zip(dj, hand)],
@@ -254,6 +331,98 @@ def core_row(population: int, args, peak: float) -> dict:
         "peak_handwritten": 100 * bm.median(hand) * flops / peak,
         "compile_deadjax": dj_compile, "compile_handwritten": hw_compile,
     }
+    if row["ratio"] < args.trace_below:
+        row["profile"] = profile(population, steps, precision, args, dj_prog, hw_prog,
+                                 runners)
+    row["seconds"] = time.perf_counter() - t_row
+    return row
+
+
+def profile(population, steps, precision, args, dj_prog, hw_prog, runners) -> dict:
+    """Why deadjax is below the hand-written program at this population: the
+    launches each compiled program holds (static) and, with ``--trace-dir``,
+    a profiler trace of one call of each (device time per step, kernels per
+    step, the costliest kernels)."""
+    out = {"ops": {"deadjax": bm.hlo_op_counts(dj_prog),
+                   "handwritten": bm.hlo_op_counts(hw_prog)}}
+    if not args.trace_dir or TRACED[0] >= args.trace_max:
+        return out
+    TRACED[0] += 1
+    for name in ("deadjax", "handwritten"):
+        where = os.path.join(args.trace_dir, f"{precision}_p{population}_{name}")
+        try:
+            with jax.profiler.trace(where, create_perfetto_trace=True):
+                runners[name](1)
+            out[name] = bm.trace_summary(where)
+        except Exception as e:  # the profiler may be unavailable (sandboxed runtimes)
+            out[name] = {"error": f"{type(e).__name__}: {e}"}
+    return out
+
+
+def profile_note(row, below: float) -> str:
+    p = row["profile"]
+    ops = "; ".join(f"{k}: " + ", ".join(f"{n} {c}" for n, c in v.items())
+                    for k, v in p["ops"].items())
+    text = (f"- {row['precision']}, population {row['population']}: ratio "
+            f"{row['ratio']:.2f} < {below:.2f}. Compiled programs (instructions outside "
+            f"fusions): {ops}.")
+    for name in ("deadjax", "handwritten"):
+        t = p.get(name)
+        if not t:
+            continue
+        if "error" in t:
+            text += f" Trace of {name}: {t['error']}."
+            continue
+        per = row["steps"]
+        top = ", ".join(f"{n[:60]} {us / per:.1f} us ({c // max(per, 1)}/step)"
+                        for n, us, c in t["top"][:5])
+        text += (f" Trace of one {name} call ({t['where']}): {t['busy_us'] / per:.1f} us busy "
+                 f"and {t['events'] / per:.1f} kernels per step; costliest: {top}.")
+    return text
+
+
+def core_section(args, device) -> None:
+    """Prints the core table once per precision, each against the matmul peak
+    measured at that precision, within ``--core-budget``."""
+    budget = bm.Budget(args.core_budget)
+    flops = bm.flops_per_member_step(bm.SEED_FEATURES, bm.SEED_WIDTHS, bm.SEED_CLASSES,
+                                     bm.SEED_BATCH)
+    params = bm.num_params(bm.SEED_FEATURES, bm.SEED_WIDTHS, bm.SEED_CLASSES)
+    cap = (f", capped at {args.member_steps:,} member-steps" if args.member_steps > 0 else "")
+    print(f"a member-step counts {flops / 1e6:.1f} MFLOP (6 x {params:,} parameters x batch "
+          f"{bm.SEED_BATCH}); loop = {args.loop_members} members one after another; "
+          f"steps per timing {args.steps}{cap}\n", flush=True)
+    peaks, all_rows = {}, []
+    for k, precision in enumerate(args.precisions):
+        share = budget.share(len(args.precisions) - k)
+        t0 = time.perf_counter()
+        peak = bm.matmul_flops_per_second(device, size=args.matmul_size,
+                                          repeats=max(args.repeats, 3), precision=precision)
+        peaks[precision] = peak
+        rows, skipped, loops = [], [], {}
+        for population in args.populations:
+            if rows and time.perf_counter() - t0 > share:
+                skipped.append(population)
+                continue
+            rows.append(core_row(population, args, peak, precision, loops))
+            print(f"<!-- {precision}: population {population} done in "
+                  f"{rows[-1]['seconds']:.1f} s -->", flush=True)
+        rows.sort(key=lambda r: r["population"])
+        all_rows += rows
+        out = [f"### train.precision = {precision}\n\nmatmul peak ({args.matmul_size}², "
+               f"float32 arrays under this precision, jit, median of "
+               f"{max(args.repeats, 3)}): {peak / 1e9:,.1f} GFLOP/s "
+               f"({time.perf_counter() - t0:.0f} s for this table)\n", core_table(rows)]
+        notes = [profile_note(r, args.trace_below) for r in rows if "profile" in r]
+        if notes:
+            out.append(f"\nBelow {args.trace_below:.2f} of the hand-written program:\n\n"
+                       + "\n".join(notes))
+        if skipped:
+            out.append(f"\nskipped (--core-budget {args.core_budget:.0f} s spent): populations "
+                       + ", ".join(map(str, skipped)))
+        print("\n".join(out) + "\n", flush=True)
+        RECORD["core"] = {"peaks": peaks, "rows": all_rows}
+        write_record(args)
 
 
 def core_table(rows) -> str:
@@ -585,40 +754,152 @@ def sweep_breakdown(case, workdir, diagnostics: bool = False) -> tuple[dict, flo
     return seconds, wall
 
 
-def sweep_section(args) -> str:
+def sweep_section(args) -> None:
+    """Prints each case's table and where its time goes as soon as the case
+    is done (a run cut short by a time limit keeps the cases before)."""
     cases = {c.name: c for c in bm.sweep_cases(args.sweep_scale)}
     chosen = [cases[name] for name in args.sweeps.split(",")]
-    lines = [f"whole wall times, median of {args.repeats} interleaved runs (deadjax, then "
-             "the hand-written program, each from a fresh process state: data loaded, "
-             "programs compiled); TensorBoard, results and checkpoints written as a sweep "
-             f"writes them{'; scale 1/' + str(args.sweep_scale) if args.sweep_scale > 1 else ''}\n",
-             "| sweep | deadjax s | hand-written s | ratio (per round) |", "|---|---:|---:|---:|"]
-    details = []
+    print(f"whole wall times, median of {args.repeats} interleaved runs (deadjax, then "
+          "the hand-written program, each from a fresh process state: data loaded, "
+          "programs compiled); TensorBoard, results and checkpoints written as a sweep "
+          f"writes them{'; scale 1/' + str(args.sweep_scale) if args.sweep_scale > 1 else ''}\n",
+          flush=True)
+    skipped = []
+    budget = bm.Budget(args.sweep_budget)
+    RECORD["sweep"] = {}
     for case in chosen:
-        dj, hand, diag = [], [], []
+        if not budget.allows():
+            skipped.append(case.name)
+            continue
+        dj, hand, diag, details = [], [], [], []
         with_diagnostics = case.name == "mnist1d1024"
+        t_case = time.perf_counter()
         for r in range(args.repeats):
+            t_round = time.perf_counter()
             with tempfile.TemporaryDirectory() as workdir:
                 dj.append(deadjax_sweep_seconds(case, workdir))
             hand.append(handwritten_sweep_seconds(case))
             if with_diagnostics:
                 with tempfile.TemporaryDirectory() as workdir:
                     diag.append(deadjax_sweep_seconds(case, workdir, diagnostics=True))
+            # One more round and the breakdown run (about a round) must fit.
+            if r + 1 < args.repeats and not budget.allows(2 * (time.perf_counter() - t_round)):
+                skipped.append(f"{case.name} rounds {r + 2}-{args.repeats}")
+                break
         ratios = [a / b for a, b in zip(dj, hand)]
-        lines.append(f"| {case.description} | {bm.median(dj):.1f} | {bm.median(hand):.1f} | "
-                     f"{bm.median(ratios):.2f} ({', '.join(f'{x:.2f}' for x in ratios)}) |")
+        record = {"deadjax_s": dj, "handwritten_s": hand, "diagnostics_s": diag}
         if diag:
             costs = [d / o - 1 for d, o in zip(diag, dj)]
-            details.append(f"{case.name} with the default diagnostics: {bm.median(diag):.1f} s, "
+            details.append(f"with the default diagnostics: {bm.median(diag):.1f} s, "
                            f"{100 * bm.median(costs):+.1f}% against diagnostics off "
                            f"(per round: {', '.join(f'{100 * c:+.1f}%' for c in costs)})")
-        with tempfile.TemporaryDirectory() as workdir:
-            parts, wall = sweep_breakdown(case, workdir)
-        details.append(f"{case.name}, one instrumented run (every program call waited for): "
-                       f"{wall:.1f} s: " + ", ".join(f"{k} {parts.get(k, 0.0):.1f}"
-                                                     for k in BREAKDOWN + ("other",)))
-        print(f"<!-- sweep {case.name} done -->", flush=True)
-    return "\n".join(lines) + "\n\n" + "\n\n".join(details)
+        if budget.allows((time.perf_counter() - t_case) / max(len(dj), 1) / 2):
+            with tempfile.TemporaryDirectory() as workdir:
+                parts, wall = sweep_breakdown(case, workdir)
+            record["breakdown"], record["breakdown_wall_s"] = parts, wall
+            details.append(f"one instrumented run (every program call waited for): "
+                           f"{wall:.1f} s: " + ", ".join(
+                               f"{k} {parts.get(k, 0.0):.1f}" for k in BREAKDOWN + ("other",)))
+        else:
+            skipped.append(f"{case.name} breakdown")
+        RECORD["sweep"][case.name] = record
+        write_record(args)
+        print(f"### {case.name}: {case.description}\n\n"
+              "| sweep | deadjax s | hand-written s | ratio (per round) |\n|---|---:|---:|---:|\n"
+              f"| {case.name} | {bm.median(dj):.1f} | {bm.median(hand):.1f} | "
+              f"{bm.median(ratios):.2f} ({', '.join(f'{x:.2f}' for x in ratios)}) |\n\n"
+              + "".join(f"{case.name} {d}\n\n" for d in details)
+              + f"<!-- sweep {case.name} done in {time.perf_counter() - t_case:.0f} s -->\n",
+              flush=True)
+    if skipped:
+        print(f"skipped (--sweep-budget {args.sweep_budget:.0f} s): " + ", ".join(skipped) + "\n",
+              flush=True)
+
+
+# --------------------------------------------------------------------------
+# The claim: a thousand models in the time of five
+# --------------------------------------------------------------------------
+
+def claim_base(args) -> ml_collections.ConfigDict:
+    """The claim's job: ``--claim-config``'s base config at ``--precision``,
+    ``--claim-steps`` when given (evaluations and checkpoints kept inside)."""
+    from deadjax import sweep as sweep_lib
+    path = args.claim_config
+    if not os.path.isfile(path):  # relative to the repository, wherever we run from
+        path = os.path.join(REPO, path)
+    base, _ = sweep_lib.load_experiment(path)
+    base = ml_collections.ConfigDict(base.to_dict())
+    base.train.precision = args.precision
+    if args.claim_steps:
+        base.train.steps = args.claim_steps
+        base.train.eval_every = min(base.train.eval_every, args.claim_steps)
+        base.train.checkpoint_every = min(base.train.checkpoint_every, args.claim_steps)
+    return base
+
+
+def claim_seconds(base, seeds, max_population: int) -> float:
+    """Wall time of one sweep of ``seeds`` through scripts/sweep.py's code
+    path (plan, compile, train, evaluate, results, TensorBoard, checkpoints,
+    the final table) into a fresh workdir, from a fresh process state."""
+    cfg = ml_collections.ConfigDict(base.to_dict())
+    cfg.train.max_population = max_population
+    case = bm.SweepCase("claim", "", cfg, [{"seed": int(s)} for s in seeds])
+    with tempfile.TemporaryDirectory() as workdir:
+        return deadjax_sweep_seconds(case, workdir, diagnostics=bool(cfg.diagnostics.enabled))
+
+
+def claim_section(args) -> str:
+    """``--claim-members`` seeds as one sweep against ``--claim-singles``
+    single-seed sweeps one after another (seeds 0, 1, ...), interleaved, for
+    ``--claim-repeats`` rounds or until ``--claim-budget`` would be exceeded."""
+    base = claim_base(args)
+    n, k = args.claim_members, args.claim_singles
+    big_population = args.claim_max_population or n
+    budget = bm.Budget(args.claim_budget)
+    big, loop, rounds = [], [], []
+    for r in range(args.claim_repeats):
+        if rounds and not budget.allows(rounds[-1]):
+            break
+        t = time.perf_counter()
+        big.append(claim_seconds(base, range(n), big_population))
+        print(f"<!-- claim round {r + 1}: {n} members as one sweep {big[-1]:.1f} s -->",
+              flush=True)
+        singles = []
+        for seed in range(k):
+            singles.append(claim_seconds(base, [seed], 1))
+            print(f"<!-- claim round {r + 1}: single run of seed {seed} {singles[-1]:.1f} s "
+                  "-->", flush=True)
+        loop.append(sum(singles))
+        rounds.append(time.perf_counter() - t)
+        print(f"<!-- claim round {r + 1}: {n} members {big[-1]:.1f} s, {k} single runs "
+              f"{loop[-1]:.1f} s ({', '.join(f'{x:.1f}' for x in singles)}) -->", flush=True)
+    ratios = [a / b for a, b in zip(big, loop)]
+    ratio = bm.median(ratios)
+    verdict = ("holds" if ratio <= 1.0 else
+               f"does not hold: {n:,} models take {ratio:.2f} times as long as {k}")
+    RECORD["claim"] = {"members": n, "singles": k, "big_s": big, "loop_s": loop,
+                       "ratio": ratio, "config": args.claim_config,
+                       "steps": int(base.train.steps), "max_population": big_population}
+    write_record(args)
+    skipped = (f"; {args.claim_repeats - len(big)} round(s) skipped (--claim-budget "
+               f"{args.claim_budget:.0f} s)" if len(big) < args.claim_repeats else "")
+    return (f"job: {args.claim_config} ({base.model.widths} {base.model.activation}, "
+            f"{base.optim.name} {base.optim.learning_rate:g}, batch {base.data.batch_size}, "
+            f"{base.train.steps} steps, eval_every {base.train.eval_every}, checkpoint_every "
+            f"{base.train.checkpoint_every}, diagnostics "
+            f"{'on' if base.diagnostics.enabled else 'off'}, train.precision "
+            f"{base.train.precision}), TensorBoard, results and checkpoints written; each "
+            "sweep into a fresh workdir from a fresh process state (data generated, programs "
+            f"compiled); {len(big)} round(s), interleaved{skipped}\n\n"
+            f"| job | wall s (median) | per round | per model s |\n|---|---:|---:|---:|\n"
+            f"| {n:,} seeds as one sweep (train.max_population {big_population}) | "
+            f"{bm.median(big):.1f} | {', '.join(f'{x:.1f}' for x in big)} | "
+            f"{bm.median(big) / n:.3f} |\n"
+            f"| {k} single-seed sweeps, one after another | {bm.median(loop):.1f} | "
+            f"{', '.join(f'{x:.1f}' for x in loop)} | {bm.median(loop) / k:.3f} |\n\n"
+            f"ratio ({n:,} as one sweep / {k} single runs): **{ratio:.2f}** "
+            f"(per round: {', '.join(f'{x:.2f}' for x in ratios)}); \"{n:,} models in the "
+            f"time of {k}\" {verdict} on this machine")
 
 
 # --------------------------------------------------------------------------
@@ -631,23 +912,11 @@ def main(argv=None):
     with jax.default_device(device):
         print(f"# deadjax benchmark\n\nmachine: {describe_machine(device)}\n"
               f"command: python scripts/benchmark.py {' '.join(sys.argv[1:])}\n"
-              f"precision: {args.precision}; repeats: {args.repeats} (medians)\n")
+              f"precision: {args.precision} (core: {', '.join(args.precisions)}); "
+              f"repeats: {args.repeats} (medians)\n")
         if "core" in args.only:
-            peak = bm.matmul_flops_per_second(device, size=args.matmul_size,
-                                              repeats=max(args.repeats, 3),
-                                              precision=args.precision)
-            print(f"## Core: seed MLP, diagnostics off\n\nfloat32 matmul peak "
-                  f"({args.matmul_size}², jit, median of {max(args.repeats, 3)}): "
-                  f"{peak / 1e9:,.1f} GFLOP/s; a member-step counts "
-                  f"{bm.flops_per_member_step(bm.SEED_FEATURES, bm.SEED_WIDTHS, bm.SEED_CLASSES, bm.SEED_BATCH) / 1e6:.1f} MFLOP "
-                  f"(6 x {bm.num_params(bm.SEED_FEATURES, bm.SEED_WIDTHS, bm.SEED_CLASSES):,} "
-                  f"parameters x batch {bm.SEED_BATCH}); loop = {args.loop_members} members "
-                  "one after another\n", flush=True)
-            rows = []
-            for population in args.populations:
-                rows.append(core_row(population, args, peak))
-                print(f"<!-- population {population} done -->", flush=True)
-            print(core_table(rows) + "\n", flush=True)
+            print("## Core: seed MLP, diagnostics off\n", flush=True)
+            core_section(args, device)
         if "diagnostics" in args.only:
             print("## Diagnostics overhead\n\n" + diagnostics_overhead(args) + "\n",
                   flush=True)
@@ -660,7 +929,11 @@ def main(argv=None):
             print("## Summaries and checkpoints overhead\n\n" + io_overhead(args) + "\n",
                   flush=True)
         if "sweep" in args.only:
-            print("## Whole sweeps\n\n" + sweep_section(args) + "\n", flush=True)
+            print("## Whole sweeps\n", flush=True)
+            sweep_section(args)
+        if "claim" in args.only:
+            print(f"## {args.claim_members:,} models against {args.claim_singles} single "
+                  "runs\n\n" + claim_section(args) + "\n", flush=True)
         print(f"load average at end: {os.getloadavg()[0]:.1f}")
 
 

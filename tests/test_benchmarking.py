@@ -58,3 +58,27 @@ def test_handwritten_step_trains_what_deadjax_trains():
 
 def test_matmul_peak_is_positive():
     assert bm.matmul_flops_per_second(jax.devices()[0], size=64, repeats=1) > 0
+
+
+def test_budget_shares_what_is_left():
+    unlimited = bm.Budget(0)
+    assert unlimited.allows(1e9) and unlimited.left() == float("inf")
+    b = bm.Budget(100)
+    assert b.allows(50) and not b.allows(200)
+    assert 49 < b.share(2) <= 50
+
+
+def test_static_profile_counts_launches_outside_fusions():
+    f = jax.jit(lambda a, b: jnp.tanh(a @ b).sum() + jnp.sin(a).mean())
+    a = jnp.ones((8, 8))
+    counts = bm.hlo_op_counts(f.lower(a, a).compile())
+    assert set(counts) == {"fusion", "custom-call", "while", "other"}
+    assert sum(counts.values()) >= 1
+    loop = jax.jit(lambda x: jax.lax.fori_loop(0, jnp.int32(x.shape[0]) + x[0].astype(jnp.int32),
+                                               lambda i, c: c * 2.0, x))
+    assert bm.hlo_op_counts(loop.lower(a[0]).compile())["while"] == 1
+
+
+def test_trace_summary_of_a_folder_without_a_trace(tmp_path):
+    assert bm.trace_summary(tmp_path) == {"events": 0, "busy_us": 0.0, "top": [],
+                                          "where": "no trace"}

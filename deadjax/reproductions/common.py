@@ -102,18 +102,30 @@ def quiet() -> None:
 
 
 def sweep(base: ml_collections.ConfigDict, points: Sequence[dict], workdir: Path,
-          label: str, quick: bool) -> pd.DataFrame:
+          label: str, quick: bool, stop=None) -> pd.DataFrame:
     """Runs (or resumes) ``points`` into ``workdir/label[_quick]`` and returns
-    their rows of the results table (only this sweep's points)."""
+    their rows of the results table (only this sweep's points). ``stop``: as
+    :func:`deadjax.runner.run_sweep`'s (it raises
+    :class:`deadjax.errors.Stopped`; :func:`load_sweep` then reads what
+    finished)."""
     quiet()
     sub = Path(workdir) / (f"{label}_quick" if quick else label)
     t0 = time.time()
-    specs = runner.run_sweep(base, list(points), sub, tensorboard=False)
-    frame = results.load_results(sub)
-    ids = {p.id for p in specs}
-    frame = frame[frame["point"].isin(ids)].reset_index(drop=True)
-    print(f"  {label}: {len(ids)} points in {sub} ({time.time() - t0:.0f} s)", flush=True)
+    runner.run_sweep(base, list(points), sub, tensorboard=False, stop=stop)
+    frame = load_sweep(base, points, workdir, label, quick)
+    print(f"  {label}: {frame['point'].nunique()} points in {sub} ({time.time() - t0:.0f} s)",
+          flush=True)
     return frame
+
+
+def load_sweep(base: ml_collections.ConfigDict, points: Sequence[dict], workdir: Path,
+               label: str, quick: bool) -> pd.DataFrame:
+    """The rows of ``points`` in ``workdir/label[_quick]``'s results table,
+    as far as they were trained."""
+    sub = Path(workdir) / (f"{label}_quick" if quick else label)
+    ids = {p.id for p in sweep_lib.resolve_points(base, list(points))}
+    frame = results.load_results(sub)
+    return frame[frame["point"].isin(ids)].reset_index(drop=True)
 
 
 def experiment_path(name: str) -> Path:

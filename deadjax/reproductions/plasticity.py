@@ -32,7 +32,8 @@ member per (method, seed), methods ``none``, ``activation_reset``, ``redo``,
   at 1e-2 a third of the units are dead after ~10 tasks (a pilot at 3e-2
   killed 60% in 10 tasks, and ReDo at τ = 0.1 then recycled so much that it
   trained worse than plain). The paper's setting (SGD, 3 × 2000 units, one
-  example per step, 60,000 examples per task, 800 tasks) is out of reach here.
+  example per step, 60,000 examples per task, 800 tasks) is out of reach here;
+  :mod:`deadjax.reproductions.plasticity_gpu` scales this setup up for a GPU.
 * **Slowly-changing regression** (Dohare et al.'s, deadjax.tasks): 20 input
   bits (15 flipping), the network 20 → 5 ReLU → 1 as in the paper's small
   learner, plain SGD at 0.01, one example per step, a bit flip every 10,000
