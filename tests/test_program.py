@@ -24,7 +24,8 @@ from tests.conftest import compiled_for, device_data, init_members, tiny_config
 
 def test_step_evaluate_observe_compose_to_train_chunk():
     """Three calls of the pure ``step``, then ``evaluate`` and ``observe``,
-    un-jitted, give the state and scalars of the compiled ``train_chunk``."""
+    each compiled on its own, give the state and scalars of the compiled
+    ``train_chunk``."""
     base = tiny_config(model__norm="batch", model__dropout=0.1)
     configs = [tiny_config(model__norm="batch", model__dropout=0.1, seed=s,
                            optim__learning_rate=lr) for s, lr in ((0, 1e-3), (1, 3e-2))]
@@ -33,12 +34,14 @@ def test_step_evaluate_observe_compose_to_train_chunk():
     dd = device_data(base)
     start = init_members(compiled, configs)
     state = jax.tree.map(jnp.copy, start)
+    step, evaluate, observe = (jax.jit(f) for f in (program.step, program.evaluate,
+                                                    program.observe))
     losses = []
     for _ in range(3):
-        state, loss, _ = program.step(state, dd)
+        state, loss, _ = step(state, dd)
         losses.append(loss)
-    scalars, _, evidence = program.evaluate(state, dd, True)
-    state = program.observe(state, evidence)
+    scalars, _, evidence = evaluate(state, dd, jnp.bool_(True))
+    state = observe(state, evidence)
     want_state, want, _ = jax.device_get(compiled.train_chunk(start, dd, 3))
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
     jax.tree.map(close, jax.device_get(state.params), want_state.params)
