@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from deadjax import reproductions, theory
-from deadjax.reproductions import common, lu2019
+from deadjax.reproductions import common, edge_of_stability, lu2019
 
 KEYS = {"name", "published", "source", "ours", "tolerance", "pass"}
 
@@ -76,6 +76,58 @@ def test_plasticity_quick(tmp_path):
 def test_edge_of_stability_quick(tmp_path):
     summary = _run_quick("edge_of_stability", tmp_path)
     assert len(summary["checks"]) == 6        # 3 claims x (tanh, relu)
+
+
+def _eos_table(settings, hover=1.0, monotone=False):
+    """A synthetic results table of the edge_of_stability sweep: every member's
+    sharpness rises linearly from 0.2 x 2/eta to hover x 2/eta by step 0.3 T and
+    then wiggles by 3% around it; the loss decays exponentially, with 1%
+    upticks every other evaluation unless ``monotone``."""
+    rows = []
+    steps = np.arange(0, settings["steps"] + 1, settings["eval_every"])
+    for act in edge_of_stability.ACTIVATIONS:
+        for lr in settings["lrs"]:
+            top = hover * 2.0 / lr
+            ramp = np.clip(steps / (0.3 * settings["steps"]), 0.0, 1.0)
+            sharp = (0.2 + (1.0 - 0.2) * ramp) * top
+            sharp = np.where(ramp >= 1.0, top * (1 + 0.03 * np.sin(steps)), sharp)
+            loss = 2.3 * np.exp(-steps / settings["steps"])
+            if not monotone:
+                loss = loss * (1 + 0.01 * (np.arange(len(steps)) % 2))
+            for st, sh, lo in zip(steps, sharp, loss):
+                rows.append({"model.activation": act, "optim.learning_rate": lr,
+                             "step": int(st), "train/loss": lo, "sharpness": sh,
+                             "sharpness_x_lr": sh * lr, "sharpness_iterations": 12.0,
+                             "diverged": 0.0})
+    return pd.DataFrame(rows)
+
+
+def test_edge_of_stability_rules_on_a_synthetic_table():
+    s = edge_of_stability.settings(quick=False)
+    verdicts = [c.passed for c in edge_of_stability.checks(_eos_table(s), s)]
+    assert verdicts == [True] * 6
+    # sharpness stuck at 60% of 2/eta: neither sharpening to 2/eta nor at the edge
+    verdicts = [c.passed for c in edge_of_stability.checks(_eos_table(s, hover=0.6), s)]
+    assert verdicts == [False, False, True] * 2
+    # "right at, or just above": 20% above 2/eta is inside the full run's band
+    # (-10%, +30%), 40% above and 15% below are not
+    verdicts = [c.passed for c in edge_of_stability.checks(_eos_table(s, hover=1.2), s)]
+    assert verdicts == [True] * 6
+    verdicts = [c.passed for c in edge_of_stability.checks(_eos_table(s, hover=1.4), s)]
+    assert verdicts == [True, False, True] * 2
+    low = _eos_table(s)
+    low.loc[low["step"] >= 0.5 * s["steps"], ["sharpness", "sharpness_x_lr"]] *= 0.85
+    verdicts = [c.passed for c in edge_of_stability.checks(low, s)]
+    assert verdicts == [True, False, True] * 2
+    # a loss that falls monotonically fails the third check only
+    verdicts = [c.passed for c in edge_of_stability.checks(_eos_table(s, monotone=True), s)]
+    assert verdicts == [True, True, False] * 2
+    # a diverged member fails its activation's first check
+    frame = _eos_table(s)
+    frame.loc[(frame["model.activation"] == "relu") & (frame["step"] == s["steps"]),
+              "diverged"] = 1.0
+    verdicts = [c.passed for c in edge_of_stability.checks(frame, s)]
+    assert verdicts == [True, True, True, False, True, True]
 
 
 def test_unknown_name_is_refused():
