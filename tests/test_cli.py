@@ -60,6 +60,7 @@ def test_cli_exit_code_and_message(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_workdir_of_another_experiment(tmp_path):
     work = tmp_path / "w"
     experiment = tmp_path / "exp.py"
@@ -182,6 +183,7 @@ def test_a_sweep_value_of_the_wrong_type_names_the_point(tmp_path, value, words)
         assert word in line, line
 
 
+@pytest.mark.slow
 def test_progress_is_one_line_per_evaluation_and_honest_after_a_resume(tmp_path):
     exp, work = _exp(tmp_path), tmp_path / "w"
     first = _deadjax("sweep", "--config", str(exp), "--workdir", str(work))
@@ -201,6 +203,7 @@ def test_progress_is_one_line_per_evaluation_and_honest_after_a_resume(tmp_path)
             if " step " in l and "member-steps/s" in l] == ["60/60"]
 
 
+@pytest.mark.slow
 def test_resume_with_eval_every_halved_keeps_old_rows_and_adds_new_ones(tmp_path):
     """train.eval_every may change on rerun: the old evaluations' rows stay as
     they were, new evaluations follow the new interval from the resume point,
@@ -251,6 +254,7 @@ def test_status_shows_groups_chunks_steps_and_holders(tmp_path):
     assert out.returncode == 2 and "holds no config.json" in out.stderr
 
 
+@pytest.mark.slow
 def test_frames_of_two_workdirs_with_different_static_fields_concatenate(tmp_path):
     import deadjax
     import pandas as pd

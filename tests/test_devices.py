@@ -65,6 +65,7 @@ def test_four_devices_every_family(tmp_path, one_device):
     _check(deadjax.load_results(tmp_path / "four"), one_device)
 
 
+@pytest.mark.slow
 def test_eight_devices_every_family(tmp_path, one_device):
     _run_on(8, tmp_path / "eight")
     _check(deadjax.load_results(tmp_path / "eight"), one_device)

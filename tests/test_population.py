@@ -122,6 +122,7 @@ def test_no_recompilation_across_chunks_evaluations_and_reruns(tmp_path):
     assert len(frame) == 6 * 4  # steps 0, 10, 20, 30
 
 
+@pytest.mark.slow
 def test_diverging_member_is_contained(tmp_path):
     base = tiny_config(optim__name="sgd", train__steps=30, train__max_population=4,
                        diagnostics__families=("gradients",))

@@ -95,6 +95,7 @@ def _tiny_base():
     return c
 
 
+@pytest.mark.slow
 def test_sharpness_equals_the_full_hessians_top_eigenvalue_on_saved_tiny_members(tmp_path):
     """Full batch (the Hessian of the loss on the whole training set), 20 SGD
     steps: each saved member's top eigenvalue of the float64 Hessian of the
@@ -208,6 +209,7 @@ def _members(base, n, **per_member):
     return out
 
 
+@pytest.mark.slow
 def test_population_sharpness_equals_each_member_alone():
     """Four members (seeds, learning rates, one with weight decay) trained 20
     steps in one population: each one's sharpness, sharpness_x_lr and
@@ -232,6 +234,7 @@ def test_population_sharpness_equals_each_member_alone():
                                rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_warm_start_needs_fewer_iterations_for_the_same_value():
     """The second evaluation starts from the eigenvector the first found (the
     family's carry): at the same parameters it meets the tolerance at once;

@@ -123,6 +123,7 @@ def _frame(workdir):
     return f.sort_values(["point", "step"]).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_intervention_state_survives_a_resume(tmp_path):
     """20 steps, then a rerun to 40 from the checkpoint, equals 40 steps at once:
     switched units, utilities, ages and counts are in the checkpoint."""
@@ -283,6 +284,7 @@ def test_activation_reset_switches_exactly_the_dead_units():
     np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_an_evaluation_at_a_remedy_step_measures_the_state_before_it():
     """ReDo every 10 steps, evaluations every 10: the evaluation at step 20 is
     the member's state after 20 steps with the resets at 10 but before the
