@@ -696,8 +696,8 @@ def deadjax_sweep_seconds(case, workdir, diagnostics: bool = False) -> float:
     cfg.diagnostics.enabled = diagnostics
     _fresh_process_state()
     t = time.perf_counter()
-    _, groups, _ = runner.plan(cfg, case.points, workdir)
-    progress = cli.Progress(groups, stream=io.StringIO())
+    _, groups, workdir = runner.plan(cfg, case.points, workdir)
+    progress = cli.Progress(cli.plan_work(workdir, groups), stream=io.StringIO())
     runner.run_sweep(cfg, case.points, workdir, progress=progress)
     progress.close()
     cli.summary_table(workdir)

@@ -4,6 +4,7 @@ trains exactly what deadjax trains (no timing here)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from deadjax import benchmarking as bm, data as data_lib
 
@@ -82,3 +83,24 @@ def test_static_profile_counts_launches_outside_fusions():
 def test_trace_summary_of_a_folder_without_a_trace(tmp_path):
     assert bm.trace_summary(tmp_path) == {"events": 0, "busy_us": 0.0, "top": [],
                                           "where": "no trace"}
+
+
+@pytest.mark.slow
+def test_sweep_section_runs_deadjax_and_the_handwritten_sweep(tmp_path):
+    """``benchmark.py --only sweep`` end to end at 1/16 of the seed64 sweep
+    (4 members, 512 examples, 25 steps): both whole runs finish and the
+    table gives their wall times and a ratio."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "scripts" / "benchmark.py"), "--only",
+                          "sweep", "--sweeps", "seed64", "--sweep-scale", "16", "--repeats",
+                          "1", "--json", str(tmp_path / "b.json")], capture_output=True,
+                         text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = re.search(r"\| seed64 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) ", out.stdout)
+    assert row, out.stdout
+    dj, hand, ratio = map(float, row.groups())
+    assert dj > 0 and hand > 0 and abs(ratio - dj / hand) < 0.05 * ratio + 0.01
