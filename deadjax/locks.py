@@ -158,11 +158,14 @@ class Lock:
 
 
 @contextlib.contextmanager
-def chunk(workdir, group: str, chunk_index: int):
+def chunk(workdir, group: str, chunk_index: int, take: bool = True):
     """``with locks.chunk(DIR, g, k) as lock: if lock.held: ...``: the chunk's
-    lock, released at the end of the block."""
+    lock, released at the end of the block. ``take=False`` yields it without
+    trying (``held`` False): the processes of one multi-process job other
+    than process 0, which holds the lock for all of them."""
     lock = Lock(chunk_lock_path(workdir, group, chunk_index))
-    lock.acquire()
+    if take:
+        lock.acquire()
     try:
         yield lock
     finally:

@@ -380,10 +380,12 @@ def _train_groups(base, sweep, overrides, points, groups, workdir, *, progress, 
             data = sharding.replicate(
                 data_lib.device_data(dataset, data_lib.probe_indices(group.config)))
             for chunk_index in todo:
-                with locks.chunk(workdir, group.id, chunk_index) as lock:
-                    # Several processes of one job train a chunk together:
-                    # process 0 holds its lock for all of them.
-                    held = sharding.any_process(lock.held if sharding.is_writer() else False)
+                # Several processes of one job train a chunk together: process 0
+                # alone takes its lock, for all of them (were the others to try
+                # too, one of them could win the race and make all of them skip).
+                with locks.chunk(workdir, group.id, chunk_index,
+                                 take=sharding.is_writer()) as lock:
+                    held = sharding.any_process(lock.held)
                     if not held:
                         _note(progress, f"{group.id} chunk {chunk_index} is being trained by "
                                         f"{locks.describe(lock.holder)}; skipped")
