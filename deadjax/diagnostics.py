@@ -184,8 +184,10 @@ def _saturation(p: Probe, ctx: Context) -> dict:
 
 
 def _saturation_full(p: Probe, ctx: Context) -> dict:
-    return {f"preact_{name}/{where}": value for l, where in _layers(ctx)
-            for name, value in metrics.preact_percentiles(p.cap["pre"][l]).items()}
+    # Layers of equal width share one traced selection (_per_shape).
+    stats = _per_shape(metrics.preact_percentiles, [p.cap["pre"][l] for l, _ in _layers(ctx)])
+    return {f"preact_{name}/{where}": value for (_, where), s in zip(_layers(ctx), stats)
+            for name, value in s.items()}
 
 
 def _gradients(p: Probe, ctx: Context) -> dict:
@@ -256,7 +258,7 @@ def _per_shape(fn, arrays):
     for members in groups.values():
         values = jax.vmap(fn)(jnp.stack([arrays[i] for i in members]))
         for j, i in enumerate(members):
-            out[i] = values[j]
+            out[i] = jax.tree.map(lambda v, j=j: v[j], values)
     return out
 
 

