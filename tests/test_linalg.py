@@ -153,3 +153,39 @@ def test_diagnostics_program_has_no_custom_call_on_cpu():
                           jnp.bool_(True)).compile().as_text()
     assert "jacobian" in cfg.diagnostics.families and "rank" in cfg.diagnostics.families
     assert not re.findall(r'custom_call_target="([^"]*)"', hlo)
+
+
+def _top_pair_cases():
+    rng = np.random.default_rng(3)
+    cases = {"random 20": (rng.normal(size=20), rng.normal(size=19))}
+    d, e = rng.normal(size=12), rng.normal(size=11)
+    e[6] = 0.0                                      # two decoupled blocks
+    cases["split 12"] = (d, e)
+    d = np.linspace(0.0, 1.0, 20)
+    d[-1] = d[-2] + 1e-3                            # top gap 1e-3 of the norm
+    cases["close top 20"] = (d, np.full(19, 1e-4))
+    # Lanczos-like: the active leading block, the rest decoupled far below
+    d, e = rng.uniform(1, 5, size=21), rng.uniform(0.1, 1, size=20)
+    d[8:], e[7:] = -100.0, 0.0
+    cases["leading block of 21"] = (d, e)
+    return cases
+
+
+@pytest.mark.parametrize("name", list(_top_pair_cases()))
+def test_tridiagonal_top_eigenpair_against_numpy(name):
+    """The Lanczos tridiagonal's top eigenpair without LAPACK (bisection, then
+    inverse iteration) against numpy.linalg.eigh in float64: eigenvalue within
+    3e-7 of ||T||, the vector's residual ||T y - theta y|| within 1e-5 ||T||
+    and y the top eigenvector up to sign (|<y, v>| >= 1 - 1e-4), also when the
+    next eigenvalue is only 1e-3 ||T|| below."""
+    d, e = _top_pair_cases()[name]
+    t = np.diag(d) + np.diag(e, 1) + np.diag(e, -1)
+    values, vectors = np.linalg.eigh(t)
+    norm = np.abs(values).max()
+    theta, y = jax.jit(linalg.tridiagonal_top_eigenpair)(jnp.asarray(d, jnp.float32),
+                                                          jnp.asarray(e, jnp.float32))
+    theta, y = float(theta), np.asarray(y, np.float64)
+    assert abs(theta - values[-1]) <= 3e-7 * norm
+    np.testing.assert_allclose(np.linalg.norm(y), 1.0, atol=1e-6)
+    assert np.linalg.norm(t @ y - theta * y) <= 1e-5 * norm
+    assert abs(y @ vectors[:, -1]) >= 1 - 1e-4
