@@ -26,6 +26,7 @@ def _small_seed_config(steps):
     return c
 
 
+@pytest.mark.slow
 def test_handwritten_step_trains_what_deadjax_trains():
     steps = 7  # more than an epoch of 4 batches: the permutation changes
     cfg = _small_seed_config(steps)

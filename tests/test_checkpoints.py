@@ -361,6 +361,7 @@ def test_zero_steps_leaves_a_loadable_initial_member(tmp_path):
                                           fresh.params[layer][leaf][0])
 
 
+@pytest.mark.slow
 def test_checkpoint_without_the_diagnostic_carry_restores_with_the_initial_one(tmp_path):
     """A checkpoint written before MemberState.carry existed restores with the
     template's (initial) carry: the first evaluation after the resume then

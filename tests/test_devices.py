@@ -60,6 +60,7 @@ def _check(many: pd.DataFrame, one: pd.DataFrame):
     pd.testing.assert_frame_equal(many, one, rtol=1e-4)          # NaN where one has NaN
 
 
+@pytest.mark.slow
 def test_four_devices_every_family(tmp_path, one_device):
     _run_on(4, tmp_path / "four")
     _check(deadjax.load_results(tmp_path / "four"), one_device)

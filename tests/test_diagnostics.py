@@ -83,6 +83,7 @@ def test_gradient_flow_and_signal_metrics_match_numpy():
     assert counts.sum(axis=1).tolist() == [x.shape[0] * 8] * 2
 
 
+@pytest.mark.slow
 def test_network_born_dead_on_purpose():
     cfg, pop, dd, state = _setup()
     params = jax.device_get(state.params)
@@ -253,7 +254,7 @@ def test_healthy_network_is_not_born_dead_and_flag_is_kept():
     assert np.all(scalars["born_dead"] == 0) and np.all(scalars["dead_persistent/layer_0"] >= 0)
 
 
-@pytest.mark.parametrize("norm", ["batch", "layer"])
+@pytest.mark.parametrize("norm", [pytest.param("batch", marks=pytest.mark.slow), "layer"])
 def test_jacobian_with_normalisation_matches_autodiff(norm):
     cfg, pop, dd, state = _setup(model__norm=norm, model__residual=True,
                                  model__widths=(8, 8), model__activation="tanh")
@@ -291,6 +292,7 @@ def test_jacobian_with_normalisation_matches_autodiff(norm):
                                    rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_diagnostics_are_invariant_to_probe_order():
     cfg, pop, dd, state = _setup(diagnostics__families=("dead", "dormant", "saturation",
                                                         "gradients", "signal", "rank", "output"))

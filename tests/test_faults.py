@@ -97,7 +97,8 @@ def test_eval_every_above_checkpoint_every_runs_and_checkpoints(tmp_path):
 # Preemption
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM,
+                                 pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_a_signal_stops_at_the_next_evaluation_with_a_checkpoint(tmp_path, sig):
     exp = _experiment(tmp_path, steps=4000, every=20, ckpt=1000, width=256, features=128)
     work = tmp_path / "w"
@@ -201,6 +202,7 @@ def test_a_damaged_config_json_is_refused_in_one_sentence(tmp_path):
 # One workdir, several processes
 # --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_processes_on_one_workdir_train_each_chunk_once(tmp_path):
     exp = _experiment(tmp_path, steps=300, every=50, ckpt=100, pop=1, seeds=4, width=256,
                       features=128)
@@ -272,6 +274,7 @@ def _mount_tmpfs(where: Path, size: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_sentence_and_the_rerun_resumes(tmp_path):
     """On a 3 MB tmpfs (where the test can mount one) the first checkpoint does
     not fit; elsewhere a writer raises ENOSPC after two results parts."""

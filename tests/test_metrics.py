@@ -755,6 +755,7 @@ def test_hessian_top_eigenvalue_stops_at_the_tolerance_and_warm_starts():
     assert int(used3) == 2 and float(short) < 4.0
 
 
+@pytest.mark.slow
 def test_hessian_top_eigenvalue_of_a_network_loss_matches_the_full_hessian():
     """A small tanh network's cross-entropy (not a quadratic): the full float64
     Hessian's top eigenvalue (jax.hessian, numpy eigvalsh)."""

@@ -85,6 +85,7 @@ def test_member_in_population_equals_member_alone_float64():
     assert diff <= 1e-9
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_identical_results(tmp_path):
     base = tiny_config(diagnostics__families=("dead", "rank"))
     points = sweep.product({"seed": [0, 1, 2]})
@@ -98,6 +99,7 @@ def test_same_config_and_seed_give_identical_results(tmp_path):
     pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
+@pytest.mark.slow
 def test_no_recompilation_across_chunks_evaluations_and_reruns(tmp_path):
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
@@ -146,6 +148,7 @@ def test_diverging_member_is_contained(tmp_path):
                                rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_update_ratio_nan_at_step_zero_and_finite_after(tmp_path):
     base = tiny_config()
     runner.run_sweep(base, [{}], tmp_path)

@@ -22,6 +22,7 @@ from deadjax.fields import Field, real
 from tests.conftest import compiled_for, device_data, init_members, tiny_config
 
 
+@pytest.mark.slow
 def test_step_evaluate_observe_compose_to_train_chunk():
     """Three calls of the pure ``step``, then ``evaluate`` and ``observe``,
     each compiled on its own, give the state and scalars of the compiled

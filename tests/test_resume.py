@@ -183,6 +183,7 @@ def test_costly_statistics_at_full_evaluations_only(tmp_path):
     assert sorted(deadjax.load_histograms(tmp_path / "one").step.unique()) == [0, 10, 20, 30]
 
 
+@pytest.mark.slow
 def test_workdir_from_before_a_field_existed_resumes(tmp_path):
     """A config.json written before the fields of config.ADDED_FIELDS existed
     (diagnostics.full_every, the task and intervention fields) reads as holding
@@ -244,7 +245,8 @@ runner.run_sweep(base, sweep.product({"seed": [0, 1]}), sys.argv[1])
 """
 
 
-@pytest.mark.parametrize("where, n", [("part", 4), ("checkpoint", 2)])
+@pytest.mark.parametrize("where, n", [pytest.param("part", 4, marks=pytest.mark.slow),
+                                      ("checkpoint", 2)])
 def test_kill_while_a_write_is_in_flight_then_rerun_equals_uninterrupted(tmp_path, where, n):
     """The host writes the previous evaluation while the device runs the next
     interval: a SIGKILL half-way through a results part, or while Orbax writes
@@ -267,6 +269,7 @@ def test_kill_while_a_write_is_in_flight_then_rerun_equals_uninterrupted(tmp_pat
     assert not list((killed / "results.parquet").rglob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_workdir_from_before_a_changed_default_is_refused_then_resumes(tmp_path):
     """interventions.cbp_bias_correction was added with the default True, but
     continual-backprop runs from before had no correction: a workdir written

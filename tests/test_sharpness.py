@@ -262,6 +262,7 @@ def test_warm_start_needs_fewer_iterations_for_the_same_value():
     np.testing.assert_allclose(warm["sharpness"], cold["sharpness"], rtol=2e-4)
 
 
+@pytest.mark.slow
 def test_a_diverged_member_reads_nan_and_does_not_hold_the_others_up():
     """A member whose parameters are NaN: its sharpness is NaN after one
     product, its carry keeps the last finite vector, and the other member's

@@ -189,6 +189,7 @@ def _regression_config(**fields):
     return c
 
 
+@pytest.mark.slow
 def test_regression_stream_metrics_equal_numpy():
     base = _regression_config()
     ds = data.load(base)
