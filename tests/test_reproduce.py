@@ -146,6 +146,16 @@ def test_cli_exit_status_on_bad_name(capsys):
     assert "reproduction 'nope' is unknown" in capsys.readouterr().err
 
 
+def test_time_budget_is_refused_where_a_reproduction_takes_none(capsys, tmp_path):
+    from deadjax import cli
+    assert cli.main(["reproduce", "mnist1d", "--time-budget", "5", "--workdir",
+                     str(tmp_path / "w"), "--figures", str(tmp_path / "f")]) == 2
+    assert "takes no time budget; only plasticity_gpu do" in capsys.readouterr().err
+    assert cli.main(["reproduce", "plasticity_gpu", "--time-budget", "-1"]) == 2
+    assert "--time-budget = -1 must be a positive number" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
 def test_summary_schema_and_table(tmp_path):
     checks = [common.within("a", 0.5, "src", 0.52, 0.03),
               common.claim("b", "x", "src", "y", "rule", False)]
