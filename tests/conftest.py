@@ -1,23 +1,11 @@
-import atexit
 import dataclasses
 import os
-import shutil
-import tempfile
 
-# One XLA compilation cache for the session, subprocesses included (they
-# inherit the environment): the tests compile the same small programs many
-# times over. Set before JAX is imported, which reads these variables.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _CACHE = tempfile.mkdtemp(prefix="deadjax-tests-xla-cache-")
-    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from deadjax import data, population  # noqa: E402
-from deadjax.config import default_config  # noqa: E402
+from deadjax import data, population
+from deadjax.config import default_config
 
 
 def tiny_config(**fields):
