@@ -40,7 +40,8 @@ def chunk_lock_path(workdir, group: str, chunk: int) -> Path:
     return Path(workdir) / "locks" / str(group) / f"chunk_{int(chunk):04d}.lock"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (signal 0 reaches it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -67,7 +68,7 @@ def is_stale(holder: dict | None, path: Path) -> bool:
             return now - Path(path).stat().st_mtime > STALE_S
         except FileNotFoundError:
             return True
-    if holder.get("host") == HOST and not _alive(int(holder.get("pid", -1))):
+    if holder.get("host") == HOST and not process_alive(int(holder.get("pid", -1))):
         return True
     return now - float(holder.get("heartbeat", 0)) > STALE_S
 

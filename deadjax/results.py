@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import time
 import warnings
 from pathlib import Path
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 
 from deadjax import config as config_lib
 from deadjax.errors import DamagedFile
+from deadjax.locks import HOST, process_alive
 
 RESULTS = "results.parquet"
 ID_COLUMNS = ("point", "group", "step")
@@ -42,7 +42,6 @@ def is_metric(column: str) -> bool:
     return column not in ID_COLUMNS and ("/" in column or column in FLAT_METRICS)
 
 
-HOST = socket.gethostname()
 
 
 def _temporary(path: Path) -> Path:
@@ -64,16 +63,6 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_temporaries(root) -> list[Path]:
     """Removes, under ``root``, the temporary files of writes cut short by a
     kill: those of this host whose process is gone (another host's are left
@@ -81,7 +70,7 @@ def remove_stale_temporaries(root) -> list[Path]:
     removed = []
     for tmp in Path(root).rglob(".*.tmp-*"):
         host, _, pid = tmp.name.rpartition(".tmp-")[2].rpartition("-")
-        if host in (HOST, "") and pid.isdigit() and not _alive(int(pid)):
+        if host in (HOST, "") and pid.isdigit() and not process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
@@ -260,6 +249,21 @@ def _set_quietly(cfg, name, value) -> None:
         pass
 
 
+def _read_parts(root: Path, on_damaged: str) -> list:
+    """Every ``<group>/chunk_*/step_*.parquet`` part under ``root``, read; a
+    damaged one raises :class:`DamagedFile` (``on_damaged="raise"``) or is
+    left out with a :class:`DamagedPartWarning` (``"skip"``)."""
+    frames = []
+    for path in sorted(root.glob("*/chunk_*/step_*.parquet")) if root.exists() else []:
+        try:
+            frames.append(read_part(path))
+        except DamagedFile as e:
+            if on_damaged == "raise":
+                raise
+            warnings.warn(str(e), DamagedPartWarning, stacklevel=3)
+    return frames
+
+
 def load_results(workdir, on_damaged: str = "raise", fields: str = "swept") -> pd.DataFrame:
     """The results table of a workdir as one tidy DataFrame, sorted by point and step.
 
@@ -282,18 +286,10 @@ def load_results(workdir, on_damaged: str = "raise", fields: str = "swept") -> p
     root = Path(workdir) / RESULTS
     if root.is_file():
         return read_part(root)
-    parts = sorted(root.glob("*/chunk_*/step_*.parquet")) if root.exists() else []
-    if not parts:
+    if not (root.exists() and any(root.glob("*/chunk_*/step_*.parquet"))):
         raise FileNotFoundError(f"{root} holds no results yet: run scripts/sweep.py "
                                 f"--workdir {workdir} first.")
-    frames = []
-    for path in parts:
-        try:
-            frames.append(read_part(path))
-        except DamagedFile as e:
-            if on_damaged == "raise":
-                raise
-            warnings.warn(str(e), DamagedPartWarning, stacklevel=2)
+    frames = _read_parts(root, on_damaged)
     if not frames:
         raise FileNotFoundError(f"{root} holds no readable results.")
     frame = pd.concat(frames, ignore_index=True, sort=False)
@@ -385,18 +381,10 @@ def load_units(workdir, on_damaged: str = "raise") -> pd.DataFrame:
     unit's death at a step comes before a reset at the same step: the
     evaluation measures the state before a remedy acts)."""
     root = Path(workdir) / UNITS
-    parts = sorted(root.glob("*/chunk_*/step_*.parquet")) if root.exists() else []
-    if not parts:
+    if not (root.exists() and any(root.glob("*/chunk_*/step_*.parquet"))):
         raise FileNotFoundError(f"{root} holds no unit lifelines: they are written at "
                                 "evaluations with diagnostics on.")
-    frames = []
-    for path in parts:
-        try:
-            frames.append(read_part(path))
-        except DamagedFile as e:
-            if on_damaged == "raise":
-                raise
-            warnings.warn(str(e), DamagedPartWarning, stacklevel=2)
+    frames = _read_parts(root, on_damaged)
     frame = pd.concat(frames, ignore_index=True).drop_duplicates()
     order = {e: i for i, e in enumerate(EVENTS)}
     frame = frame.assign(_o=frame.event.map(order)).sort_values(
