@@ -580,10 +580,22 @@ class Compiled:
         return self.chunk(state, data, jnp.asarray(stop, jnp.int32), jnp.asarray(full, bool))
 
 
-@functools.cache
+# Groups whose compiled programs a process keeps. Each group's executables
+# hold about 1,600 memory mappings (XLA:CPU's LLVM JIT maps every compiled
+# kernel's code and data apart; 1,650 measured for a tiny two-layer group), and
+# Linux lets a process have vm.max_map_count of them (65,530 by default): a
+# process that kept every group died after about 40 groups, LLVM failing with
+# "Cannot allocate memory" and then a segmentation fault. A sweep runs its
+# groups one after another, so the last few are all a rerun needs.
+COMPILED_GROUPS = 4
+
+
+@functools.lru_cache(maxsize=COMPILED_GROUPS)
 def compiled(spec: GroupSpec) -> Compiled:
-    """The jitted programs of ``spec``, built once per process: every chunk of
-    the group, and a rerun in the same process, reuses them."""
+    """The jitted programs of ``spec``, built once per process and kept for
+    the last :data:`COMPILED_GROUPS` groups: every chunk of the group, and a
+    rerun in the same process, reuses them; an older group's programs are
+    released (and compiled again if it comes back)."""
     program = make_program(spec)
     members = sharding.members()
     return Compiled(program=program,

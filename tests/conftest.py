@@ -1,11 +1,22 @@
 import dataclasses
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from deadjax import data, population
 from deadjax.config import default_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test file, its compiled programs are released: every
+    executable holds memory mappings (about 1,600 per group), and one process
+    running the whole suite must stay below Linux's vm.max_map_count."""
+    yield
+    population.compiled.cache_clear()
+    jax.clear_caches()
 
 
 def tiny_config(**fields):

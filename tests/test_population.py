@@ -186,3 +186,37 @@ def test_diverged_member_stops_updating():
     moved = jax.tree.map(lambda a, b: not np.array_equal(a[0], b[0]), at_10.params, at_20.params)
     assert all(jax.tree.leaves(moved))
     assert np.isfinite(scalars["train/loss"][0]) and scalars["diverged"][1] == 1.0
+
+
+def _memory_maps() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="Linux's /proc only")
+def test_a_process_running_many_groups_keeps_its_memory_maps_bounded():
+    """Each group's executables hold ~1,600 memory mappings; a process that
+    kept every group's programs reached Linux's vm.max_map_count (65,530)
+    after ~40 groups and died in LLVM. Only the last COMPILED_GROUPS stay."""
+    population.compiled.cache_clear()
+    jax.clear_caches()
+    kept = population.COMPILED_GROUPS
+
+    def run_group(i):
+        c = tiny_config(model__widths=(10 + i, 8), train__steps=10,
+                        diagnostics__enabled=False)
+        comp = compiled_for(c)
+        out = comp.train_chunk(init_members(comp, [c]), device_data(c), 10)
+        jax.block_until_ready(out)
+
+    counts = []
+    for i in range(2 * kept + 1):
+        run_group(i)
+        counts.append(_memory_maps())
+    assert population.compiled.cache_info().currsize == kept
+    per_group = (counts[kept - 1] - counts[0]) / (kept - 1)
+    assert per_group > 100, "the measurement no longer sees a group's mappings"
+    # Once the cache is full, each new group replaces the oldest: no growth
+    # beyond a fraction of one group's mappings over kept + 1 more groups.
+    assert counts[-1] - counts[kept] < 0.5 * per_group, counts
