@@ -236,6 +236,7 @@ def test_resume_with_eval_every_halved_keeps_old_rows_and_adds_new_ones(tmp_path
                                    ref.xs(step, level="step")["test/loss"], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_training_field_still_may_not_change(tmp_path):
     exp, work = _exp(tmp_path), tmp_path / "w"
     assert _deadjax("sweep", "--config", str(exp), "--workdir", str(work)).returncode == 0
@@ -244,6 +245,7 @@ def test_a_training_field_still_may_not_change(tmp_path):
     assert out.returncode == 2 and "data.batch_size is 16 there but 8 now" in out.stderr
 
 
+@pytest.mark.slow
 def test_status_shows_groups_chunks_steps_and_holders(tmp_path):
     exp, work = _exp(tmp_path), tmp_path / "w"
     assert _deadjax("sweep", "--config", str(exp), "--workdir", str(work)).returncode == 0

@@ -97,8 +97,8 @@ def test_eval_every_above_checkpoint_every_runs_and_checkpoints(tmp_path):
 # Preemption
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM,
-                                 pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_at_the_next_evaluation_with_a_checkpoint(tmp_path, sig):
     exp = _experiment(tmp_path, steps=4000, every=20, ckpt=1000, width=256, features=128)
     work = tmp_path / "w"
@@ -140,6 +140,7 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+@pytest.mark.slow
 def test_a_truncated_results_part_is_named_then_rewritten_by_the_rerun(tmp_path):
     exp = _experiment(tmp_path)
     work = tmp_path / "w"
@@ -158,6 +159,7 @@ def test_a_truncated_results_part_is_named_then_rewritten_by_the_rerun(tmp_path)
     assert list((work / "results.parquet.damaged").rglob("step_000000030.parquet.*"))
 
 
+@pytest.mark.slow
 def test_a_missing_results_part_is_recomputed(tmp_path):
     exp = _experiment(tmp_path)
     work = tmp_path / "w"

@@ -87,6 +87,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
     pd.testing.assert_frame_equal(resumed, straight, check_exact=True)
 
 
+@pytest.mark.slow
 def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path):
     base = tiny_config(train__steps=40, train__eval_every=10, train__checkpoint_every=10,
                        diagnostics__families=("dead",))
@@ -160,6 +161,7 @@ def test_histograms_are_stored_compactly_per_point_and_step(tmp_path):
     assert (hist.lo <= hist.hi).all()
 
 
+@pytest.mark.slow
 def test_costly_statistics_at_full_evaluations_only(tmp_path):
     """With diagnostics.full_every = 2 and evaluations every 10 of 30 steps,
     steps 0, 20 (a multiple of 20) and 30 (the last) are full: percentiles,
@@ -304,6 +306,7 @@ def _dead_from_events(units, point, layer, step):
     return set(last[last == "died"].index)
 
 
+@pytest.mark.slow
 def test_unit_lifelines_agree_with_the_results_and_survive_a_resume(tmp_path):
     """At every evaluation the units the lifelines say are dead number
     dead_fraction/layer_L x width, for every point and layer; ReDo's resets
