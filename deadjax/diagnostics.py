@@ -249,14 +249,14 @@ def _layer_jacobians(p: Probe, ctx: Context, l: int, n: int):
 
 def _per_shape(fn, arrays):
     """``[fn(a) for a in arrays]``, with the arrays of one shape stacked into
-    one vmapped call: layers of equal width share their linear algebra (one
-    batched solve instead of one per layer)."""
+    one call of :func:`deadjax.linalg.each`: layers of equal width share one
+    traced (and compiled) solver instead of one per layer."""
     groups: dict = {}
     for i, a in enumerate(arrays):
         groups.setdefault(a.shape, []).append(i)
     out = [None] * len(arrays)
     for members in groups.values():
-        values = jax.vmap(fn)(jnp.stack([arrays[i] for i in members]))
+        values = linalg.each(fn)(jnp.stack([arrays[i] for i in members]))
         for j, i in enumerate(members):
             out[i] = jax.tree.map(lambda v, j=j: v[j], values)
     return out
@@ -303,7 +303,7 @@ def _jacobian_full(p: Probe, ctx: Context) -> dict:
     for l, _ in _layers(ctx):
         n = min(ctx.settings.jacobian_probe_size, p.cap["pre"][l].shape[0])
         grams.append(jax.vmap(_gram)(_layer_jacobians(p, ctx, l, n)))
-    svs = _per_shape(lambda g: jax.vmap(_mean_singular_value)(g).mean(), grams)
+    svs = _per_shape(lambda g: linalg.each(_mean_singular_value)(g).mean(), grams)
     return {f"jacobian_sv/{where}": sv for (_, where), sv in zip(_layers(ctx), svs)}
 
 

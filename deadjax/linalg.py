@@ -51,7 +51,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-__all__ = ["use_xla_solvers", "symmetric_eigenvalues", "singular_values",
+__all__ = ["use_xla_solvers", "each", "symmetric_eigenvalues", "singular_values",
            "tridiagonal_top_eigenpair", "xla_eigvalsh", "xla_svdvals"]
 
 # Reflections per loop. A loop of PHASE steps works on the trailing block still
@@ -66,6 +66,21 @@ def use_xla_solvers() -> bool:
     """True on CPU: the diagnostics' linear algebra runs as XLA operations
     (:func:`xla_eigvalsh`, :func:`xla_svdvals`) instead of LAPACK."""
     return jax.default_backend() == "cpu"
+
+
+def each(fn):
+    """``fn`` of one matrix (or pytree of arrays) applied along a leading
+    axis. On CPU (:func:`use_xla_solvers`) one element after another
+    (``lax.map``): the reflections of a single matrix index its rows directly
+    and keep it in the core's first-level cache, where a ``vmap`` over a few
+    of them strides every step across the batch; measured on the 2-core CPU,
+    one at a time took 1.27 s for 8,192 eigenvalue problems of 64 x 64
+    (vmap over 8 at a time: 2.8 s) and 2.27 s for the singular values of
+    2,048 matrices of 1024 x 64 (vmap over 2: 3.15 s). Elsewhere ``vmap``,
+    for the backend's batched solvers."""
+    if use_xla_solvers():
+        return lambda xs: jax.lax.map(fn, xs)
+    return jax.vmap(fn)
 
 
 def symmetric_eigenvalues(a):
