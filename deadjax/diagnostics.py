@@ -265,7 +265,7 @@ def _per_shape(fn, arrays):
 def _gram(j):
     """The smaller Gram matrix of ``j`` (m, n), ``j j^T`` when m <= n (else
     ``j^T j``), with its eigenvalues for exactly-zero rows of ``j`` moved
-    below zero (see :func:`_mean_singular_value`)."""
+    below zero (see :func:`_mean_singular_values`)."""
     if j.shape[0] > j.shape[1]:
         return j.T @ j
     gram = j @ j.T
@@ -273,11 +273,12 @@ def _gram(j):
     return gram - jnp.diag(jnp.where(zero_rows, jnp.max(jnp.diagonal(gram)), 0.0))
 
 
-def _mean_singular_value(gram):
-    """Mean of the min(m, n) singular values of a matrix ``j`` (m, n), from
-    the eigenvalues of its smaller Gram matrix (:func:`_gram`), by
-    :func:`deadjax.linalg.symmetric_eigenvalues`, square roots of the
-    eigenvalues clipped at 0.
+def _mean_singular_values(grams):
+    """Per Gram matrix of the stack ``grams`` (b, k, k), the mean of the
+    min(m, n) singular values of its matrix ``j`` (m, n), from the
+    eigenvalues of its smaller Gram matrix (:func:`_gram`), all solved
+    together by :func:`deadjax.linalg.symmetric_eigenvalues_stack`, square
+    roots of the eigenvalues clipped at 0.
 
     Accuracy: the Gram matrix squares the condition number, so a small
     singular value carries an absolute error of about sqrt(eps) * sigma_max.
@@ -295,7 +296,8 @@ def _mean_singular_value(gram):
     :func:`deadjax.metrics.singular_values` costs about twice as much per
     Jacobian on CPU and ~8 times on GPUs, and there are
     ``jacobian_probe_size`` of them per layer and member."""
-    return jnp.sqrt(jnp.clip(linalg.symmetric_eigenvalues(gram), 0.0, None)).mean()
+    ev = linalg.symmetric_eigenvalues_stack(grams)
+    return jnp.sqrt(jnp.clip(ev, 0.0, None)).mean(axis=-1)
 
 
 def _jacobian_full(p: Probe, ctx: Context) -> dict:
@@ -303,7 +305,7 @@ def _jacobian_full(p: Probe, ctx: Context) -> dict:
     for l, _ in _layers(ctx):
         n = min(ctx.settings.jacobian_probe_size, p.cap["pre"][l].shape[0])
         grams.append(jax.vmap(_gram)(_layer_jacobians(p, ctx, l, n)))
-    svs = _per_shape(lambda g: linalg.each(_mean_singular_value)(g).mean(), grams)
+    svs = _per_shape(lambda g: _mean_singular_values(g).mean(), grams)
     return {f"jacobian_sv/{where}": sv for (_, where), sv in zip(_layers(ctx), svs)}
 
 

