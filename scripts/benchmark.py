@@ -40,6 +40,11 @@ Sections (``--only``):
     diagnostics off; the first evaluation of a fresh population apart (the
     sharpness family's cold start from its fixed vector) and, for
     ``sharpness``, the Hessian-vector products used per evaluation.
+``evaluation``
+    one evaluation of the ``mnist1d1024`` sweep's group (1,024 members;
+    ``--sweep-scale`` divides them), full and not, with diagnostics off, each
+    default family alone beside ``output``, and all of them: what each family
+    adds, and each program's compile time (not run by default: minutes).
 ``io``
     a 64-seed sweep through ``runner.run_sweep`` with TensorBoard on: the time
     spent writing results, histograms, summaries and checkpoints against the
@@ -86,7 +91,8 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from deadjax import benchmarking as bm  # noqa: E402
-from deadjax import checkpoints, cli, interventions, population, results, runner  # noqa: E402
+from deadjax import (checkpoints, cli, diagnostics, interventions, population,  # noqa: E402
+                     results, runner)
 from deadjax import data as data_lib, sharding, summaries  # noqa: E402
 from deadjax.config import default_config  # noqa: E402
 
@@ -96,7 +102,8 @@ from deadjax.config import default_config  # noqa: E402
 # Flags and devices
 # --------------------------------------------------------------------------
 
-SECTIONS = ("core", "diagnostics", "interventions", "families", "io", "sweep", "claim")
+SECTIONS = ("core", "diagnostics", "interventions", "families", "evaluation", "io", "sweep",
+            "claim")
 PRECISIONS = ("highest", "tf32", "bf16")
 RECORD: dict = {}  # every section's numbers, for --json
 TRACED = [0]       # populations traced so far (--trace-max)
@@ -173,7 +180,7 @@ def parse_args(argv=None):
     args.steps = args.steps or (1000 if gpu else 200)
     if args.member_steps is None:
         args.member_steps = 2 ** 18 if gpu else 6400
-    args.only = args.only or [s for s in SECTIONS if s != "claim"]
+    args.only = args.only or [s for s in SECTIONS if s not in ("claim", "evaluation")]
     args.precisions = ([x.strip() for x in args.precisions.split(",") if x.strip()]
                        if args.precisions else [args.precision or "highest"])
     bad = [x for x in args.precisions if x not in PRECISIONS]
@@ -817,6 +824,57 @@ def sweep_section(args) -> None:
 
 
 # --------------------------------------------------------------------------
+# One evaluation of the mnist1d1024 group, family by family
+# --------------------------------------------------------------------------
+
+def evaluation_costs(args) -> str:
+    """What each default diagnostic family adds to one evaluation of the
+    ``mnist1d1024`` sweep's group (``--sweep-scale`` divides its members):
+    the group's own program called at step 0 (``stop`` = the current step:
+    an evaluation alone), full and not, with diagnostics off, each default
+    family alone beside ``output`` (always measured), and every default
+    family; compile time of each program. Medians of ``--repeats``."""
+    case = {c.name: c for c in bm.sweep_cases(args.sweep_scale)}["mnist1d1024"]
+    population = len(case.points)
+    cases = {"off": None, "output": ("output",)}
+    for fam in diagnostics.DEFAULT_FAMILIES:
+        if fam != "output":
+            cases[fam] = (fam, "output")
+    cases["default"] = diagnostics.DEFAULT_FAMILIES
+    rows = {}
+    for name, families in cases.items():
+        cfg = ml_collections.ConfigDict(case.config.to_dict())
+        cfg.diagnostics.enabled = families is not None
+        if families is not None:
+            cfg.diagnostics.families = tuple(families)
+        compiled, state, data = bm.deadjax_population(cfg, population)
+        prog, seconds = compile_timed(compiled.chunk, state, data, jnp.int32(0),
+                                      jnp.bool_(True))
+        times = {True: [], False: []}
+        for _ in range(args.repeats + 1):                      # the first call warms up
+            for full in (True, False):
+                t = time.perf_counter()
+                state = jax.block_until_ready(
+                    prog(state, data, jnp.int32(0), jnp.bool_(full)))[0]
+                times[full].append(time.perf_counter() - t)
+        rows[name] = (seconds, bm.median(times[True][1:]), bm.median(times[False][1:]))
+    RECORD["evaluation"] = {k: dict(zip(("compile_s", "full_s", "regular_s"), v))
+                            for k, v in rows.items()}
+    write_record(args)
+    base = rows["output"]
+    lines = [f"{case.description}; {population} members, the group's step-0 evaluation "
+             f"(full and not), medians of {args.repeats}\n",
+             "| diagnostics.families | full evaluation s | other evaluation s | compile s | "
+             "full: added to output alone | other: added to output alone |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, (c, f, r) in rows.items():
+        added = ("" if name in ("off", "output", "default")
+                 else f"{f - base[1]:+.2f} s | {r - base[2]:+.2f} s")
+        lines.append(f"| {name} | {f:.2f} | {r:.2f} | {c:.1f} | {added or ' | '} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
 # The claim: a thousand models in the time of five
 # --------------------------------------------------------------------------
 
@@ -925,6 +983,9 @@ def main(argv=None):
                   flush=True)
         if "families" in args.only:
             print("## Diagnostic families\n\n" + families_overhead(args) + "\n", flush=True)
+        if "evaluation" in args.only:
+            print("## One evaluation, family by family\n\n" + evaluation_costs(args) + "\n",
+                  flush=True)
         if "io" in args.only:
             print("## Summaries and checkpoints overhead\n\n" + io_overhead(args) + "\n",
                   flush=True)

@@ -105,3 +105,27 @@ def test_sweep_section_runs_deadjax_and_the_handwritten_sweep(tmp_path):
     assert row, out.stdout
     dj, hand, ratio = map(float, row.groups())
     assert dj > 0 and hand > 0 and abs(ratio - dj / hand) < 0.05 * ratio + 0.01
+
+
+@pytest.mark.slow
+def test_evaluation_section_times_every_default_family(tmp_path):
+    """``benchmark.py --only evaluation`` at 1/64 of the mnist1d1024 group (16
+    members): a row per default family, diagnostics off, output alone and all
+    defaults, each with positive times; the JSON record holds the same."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    from deadjax import diagnostics
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "scripts" / "benchmark.py"), "--only",
+                          "evaluation", "--sweep-scale", "64", "--repeats", "1", "--json",
+                          str(tmp_path / "b.json")], capture_output=True, text=True,
+                         timeout=900, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((tmp_path / "b.json").read_text())["evaluation"]
+    expected = {"off", "default", *diagnostics.DEFAULT_FAMILIES}
+    assert set(record) == expected
+    for name, row in record.items():
+        assert row["compile_s"] > 0 and row["full_s"] > 0 and row["regular_s"] > 0, name
+        assert f"| {name} | {row['full_s']:.2f} | {row['regular_s']:.2f} |" in out.stdout
