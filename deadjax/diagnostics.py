@@ -446,8 +446,8 @@ def measure(probe: Probe, ctx: Context) -> tuple[dict, dict]:
 
 def for_full(probe: Probe) -> Probe:
     """What the full evaluation reads of ``probe``: the sharpness family's
-    inputs dropped (the full families do not read them, and the sharpness
-    batch would otherwise leave the vmap copied once per member)."""
+    inputs dropped (the full families do not read them, so the branch does
+    not take the sharpness batch as an operand)."""
     return probe._replace(loss_inputs=None)
 
 
