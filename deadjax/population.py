@@ -425,9 +425,7 @@ def make_program(spec: GroupSpec) -> Program:
             *splits["probe"])
         loss_inputs = None
         if sharpness:
-            x, labels = splits["train"]
-            if sharpness_idx is not None:
-                x, labels = x[sharpness_idx], labels[sharpness_idx]
+            x, labels = splits["sharpness"]
             loss_inputs = diagnostics.LossInputs(
                 x, labels, state.hparams, remedies.model_kwargs(state.interventions),
                 optim.current_learning_rate(cfg, state.opt_state))
@@ -475,6 +473,14 @@ def make_program(spec: GroupSpec) -> Program:
             scalars, finite = jax.vmap(measure_member, in_axes=(0, None))(state, splits)
             if not cfg.diagnostics.enabled:
                 return scalars, {}, Evidence(finite, None, None)
+            if sharpness:
+                # The sharpness batch is gathered here, outside the per-member
+                # map: a gather of the replicated data inside shard_map's
+                # manual mesh is refused.
+                x, labels = splits["train"]
+                if sharpness_idx is not None:
+                    x, labels = x[sharpness_idx], labels[sharpness_idx]
+                splits = {**splits, "sharpness": (x, labels)}
             values, (full_scalars, hists), carry, dead = per_member(
                 lambda s: diagnose_member(s, splits, full))(state)
         scalars = {**scalars, **values, **full_scalars}
