@@ -16,10 +16,13 @@ with a leading member axis):
 - ``observe(state, evidence)``: the one place the carry between evaluations
   is updated (divergence flags, the previous dead masks, born-dead);
 - ``train_chunk(state, data, stop, full)``: steps up to ``stop``, then
-  evaluate and observe: ``(state, scalars, tables)``; the one program a group
-  compiles
-  (:func:`compiled`, cached on the spec), with ``stop`` and ``full`` traced so
-  chunks of any length, and the step-0 evaluation, reuse it.
+  evaluate and observe: ``(state, scalars, tables)``; the program a group
+  compiles (:func:`compiled`, cached on the spec), with ``stop`` and ``full``
+  traced so chunks of any length, and the step-0 evaluation, reuse it;
+- ``train_chunk_measured(state, data, stop)`` and ``measure_beside(measured,
+  data)``: the same chunk split in two, the costly diagnostics apart, for
+  one CPU device, where :class:`Compiled` computes them in worker threads
+  while the next chunk trains (:func:`measures_beside`); the same numbers.
 
 Everything is written for one member and vmapped: a member in a population
 equals the member alone. Batches and tasks are pure functions of the step and
@@ -34,8 +37,11 @@ values at each evaluation, which marks a member diverged too.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import os
+import threading
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax
@@ -77,6 +83,13 @@ class MemberState:
     carry: dict = dataclasses.field(default_factory=dict)
     # ^ diagnostics.init_carries(): what diagnostic families carry from one
     # evaluation to the next, by family ({} without diagnostics)
+
+
+def measured_view(state: MemberState) -> MemberState:
+    """What the costly diagnostics read of a member's state (its network:
+    parameters, statistics, hyperparameters, remedies' state), without the
+    optimiser state and the diagnostic families' carries."""
+    return state.replace(opt_state=None, carry={})
 
 
 def float_dtype():
@@ -160,6 +173,8 @@ class Program(NamedTuple):
     evaluate: Callable
     observe: Callable
     train_chunk: Callable
+    train_chunk_measured: Callable   # train_chunk less the costly diagnostics, + what it measured
+    measure_beside: Callable         # the costly diagnostics of a measured network alone
     periodic: Callable     # the periodic remedies alone: (state, data) -> state
     apply: Callable        # one member's model: (state, x, params=None, **kw) -> outputs
     hparams_of: Callable   # resolved configs -> the hparams ``init`` takes
@@ -417,14 +432,15 @@ def make_program(spec: GroupSpec) -> Program:
                                     for p in jax.tree.leaves(state.params)]))
         return scalars, finite
 
-    def probe_of(state: MemberState, splits: dict) -> diagnostics.Probe:
+    def probe_of(state: MemberState, splits: dict, with_loss_inputs=True) -> diagnostics.Probe:
         """One member's probe pass and what the diagnostics read of its state
-        (with the sharpness family's loss inputs where it is chosen)."""
+        (with the sharpness family's loss inputs where it is chosen and
+        ``with_loss_inputs``)."""
         logits, cap, gparams, deltas = diagnostics.probe_pass(
             lambda p, x, **kw: apply(state, x, p, **kw), loss_of, state.params, widths,
             *splits["probe"])
         loss_inputs = None
-        if sharpness:
+        if sharpness and with_loss_inputs:
             x, labels = splits["sharpness"]
             loss_inputs = diagnostics.LossInputs(
                 x, labels, state.hparams, remedies.model_kwargs(state.interventions),
@@ -433,13 +449,20 @@ def make_program(spec: GroupSpec) -> Program:
                                  state.batch_stats, state.update_ratio, state.prev_dead,
                                  state.has_prev, state.carry, loss_inputs)
 
+    def costly_member(state: MemberState, splits: dict):
+        """One member's costly diagnostics (:func:`deadjax.diagnostics.measure_full`
+        of its own probe pass): ``(full scalars, histograms)``."""
+        return diagnostics.measure_full(probe_of(state, splits, with_loss_inputs=False), diag)
+
     def diagnose_member(state: MemberState, splits: dict, full):
         """One member's diagnostics, changing nothing: ``(scalars, (full
         scalars, histograms), the families' new carries, dead masks)``. The
         costly ones (:func:`deadjax.diagnostics.measure_full`) only where
         ``full``, a scalar shared by every member, so the ``lax.cond`` on it
         is a real branch (skipped, not masked) inside the per-member loop and
-        under ``vmap`` alike; NaN and empty histograms otherwise."""
+        under ``vmap`` alike; NaN and empty histograms otherwise. ``full``
+        may also be a Python bool: ``False`` leaves them out of the program
+        (:func:`measure_beside` computes them in a program of their own)."""
         probe = probe_of(state, splits)
         values, carry = diagnostics.measure(probe, diag)
         costly_part = diagnostics.for_full(probe)
@@ -451,8 +474,11 @@ def make_program(spec: GroupSpec) -> Program:
                 lambda x: jnp.full(x.shape, jnp.nan if jnp.issubdtype(x.dtype, jnp.floating)
                                    else 0, x.dtype), shapes)
 
-        return (values, jax.lax.cond(full, costly, skipped, costly_part), carry,
-                diagnostics.dead_masks(probe, diag))
+        if full is False:
+            measured = skipped(None)
+        else:
+            measured = jax.lax.cond(full, costly, skipped, costly_part)
+        return values, measured, carry, diagnostics.dead_masks(probe, diag)
 
     # The diagnostics run member by member on CPU: each device takes its own
     # members in turn (sharding.map_members), so one member's probe arrays
@@ -463,12 +489,16 @@ def make_program(spec: GroupSpec) -> Program:
     # against 3.3 s without. Accelerators batch every member.
     per_member = sharding.map_members if linalg.use_xla_solvers() else jax.vmap
 
+    def splits_of(state: MemberState, data: dict) -> dict:
+        """Every split as the task of the last step taken presents it."""
+        t = task_plan.evaluated(state.step[0])
+        return {name: task_plan.present(x, y, t) for name, (x, y) in data.items()}
+
     def evaluate(state: MemberState, data: dict, full):
         """Every member's measurements on the task of the last step taken:
         ``(scalars, histograms, evidence)``; the costly diagnostics only where
         ``full`` (:func:`diagnose_member`)."""
-        t = task_plan.evaluated(state.step[0])
-        splits = {name: task_plan.present(x, y, t) for name, (x, y) in data.items()}
+        splits = splits_of(state, data)
         with jax.default_matmul_precision("float32"):
             scalars, finite = jax.vmap(measure_member, in_axes=(0, None))(state, splits)
             if not cfg.diagnostics.enabled:
@@ -485,6 +515,17 @@ def make_program(spec: GroupSpec) -> Program:
                 lambda s: diagnose_member(s, splits, full))(state)
         scalars = {**scalars, **values, **full_scalars}
         return scalars, hists, Evidence(finite, dead, scalars["output_constant"] > 0, carry)
+
+    def measure_beside(state: MemberState, data: dict):
+        """Every member's costly diagnostics alone, ``(full scalars,
+        histograms)``: what ``evaluate(state, data, True)`` adds to
+        ``evaluate(state, data, False)``, member for member the same numbers,
+        as a program of its own (:class:`Compiled` runs it beside the next
+        chunk's training on CPU). ``state`` is the network an evaluation
+        measured (``train_chunk_measured``'s last output)."""
+        splits = splits_of(state, data)
+        with jax.default_matmul_precision("float32"):
+            return per_member(lambda s: costly_member(s, splits))(state)
 
     def observe_member(state: MemberState, evidence: Evidence) -> MemberState:
         newly = ~evidence.finite_params & ~state.diverged
@@ -518,19 +559,11 @@ def make_program(spec: GroupSpec) -> Program:
         return out
 
     # --------------------------------------------------------------- a chunk
-    def train_chunk(state: MemberState, data: dict, stop, full):
-        """Every member trained to step ``stop`` (all members share the step;
-        ``stop`` equal to it evaluates only), then evaluated and observed:
-        ``(state, scalars, tables)``: ``tables["histograms"]`` (at full
-        evaluations; :func:`deadjax.diagnostics.measure_full`) and
-        ``tables["units"]`` (per hidden layer, each unit's dead flag at this
-        evaluation, and with remedies the step of its last reset), what the
-        histogram and unit-lifeline tables are written from.
-
-        A periodic remedy due at ``stop`` acts after the evaluation: the
-        evaluation measures the network it acts on, and the ``units_reset``
-        counts reported with it include that application (the state returned,
-        and checkpointed, is after it, as in an uninterrupted run)."""
+    def chunk_with_measured(state: MemberState, data: dict, stop, full):
+        """:func:`train_chunk`, and the network its evaluation measured (the
+        state before a periodic remedy due at ``stop``, without the optimiser
+        state and the families' carries): ``(state, scalars, tables,
+        measured)``."""
         n = stop - state.step[0]
         # The online metrics: each batch's loss and accuracy before its update,
         # summed over the chunk (Dohare et al. 2024 report these for streams).
@@ -547,6 +580,7 @@ def make_program(spec: GroupSpec) -> Program:
 
         state, loss, acc = jax.lax.fori_loop(0, jnp.maximum(n, 0), body, (state, zero, zero))
         scalars, hists, evidence = evaluate(state, data, full)
+        measured = measured_view(state)
         # Per unit, for the lifelines table: dead at this evaluation, and the
         # step of each unit's last reset (read before this step's remedies).
         units = {}
@@ -567,10 +601,32 @@ def make_program(spec: GroupSpec) -> Program:
         if task_plan.kind != "stationary":
             scalars["task"] = jnp.broadcast_to(task_plan.evaluated(state.step[0]),
                                                state.step.shape)
-        return state, scalars, {"histograms": hists, "units": units}
+        return state, scalars, {"histograms": hists, "units": units}, measured
+
+    def train_chunk(state: MemberState, data: dict, stop, full):
+        """Every member trained to step ``stop`` (all members share the step;
+        ``stop`` equal to it evaluates only), then evaluated and observed:
+        ``(state, scalars, tables)``: ``tables["histograms"]`` (at full
+        evaluations; :func:`deadjax.diagnostics.measure_full`) and
+        ``tables["units"]`` (per hidden layer, each unit's dead flag at this
+        evaluation, and with remedies the step of its last reset), what the
+        histogram and unit-lifeline tables are written from.
+
+        A periodic remedy due at ``stop`` acts after the evaluation: the
+        evaluation measures the network it acts on, and the ``units_reset``
+        counts reported with it include that application (the state returned,
+        and checkpointed, is after it, as in an uninterrupted run)."""
+        return chunk_with_measured(state, data, stop, full)[:3]
+
+    def train_chunk_measured(state: MemberState, data: dict, stop):
+        """:func:`train_chunk` without the costly diagnostics (their scalars
+        NaN, their histograms empty), and the network its evaluation measured,
+        for :func:`measure_beside`: ``(state, scalars, tables, measured)``."""
+        return chunk_with_measured(state, data, stop, False)
 
     return Program(spec=spec, init=init, step=step, evaluate=evaluate, observe=observe,
-                   train_chunk=train_chunk, periodic=periodic_remedies, apply=apply,
+                   train_chunk=train_chunk, train_chunk_measured=train_chunk_measured,
+                   measure_beside=measure_beside, periodic=periodic_remedies, apply=apply,
                    hparams_of=lambda configs: hparams_of(configs, bool(spec.remedies)))
 
 
@@ -578,27 +634,131 @@ def make_program(spec: GroupSpec) -> Program:
 # Compiled programs, once per group and process
 # --------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """One evaluation's outputs, ``(scalars, tables)`` of :func:`make_program`'s
+    ``train_chunk``, of which the costly diagnostics may still be computing
+    beside the next chunk (:meth:`Compiled.start`). :meth:`result` waits for
+    them and returns the whole evaluation, as ``train_chunk`` would."""
+
+    def __init__(self, scalars: dict, tables: dict, beside: Sequence = ()):
+        self._scalars, self._tables, self._beside = scalars, tables, list(beside)
+
+    def result(self) -> tuple[dict, dict]:
+        if self._beside:
+            # Each part is a contiguous block of members: joined in order.
+            parts = [jax.device_get(f.result()) for f in self._beside]
+            full_scalars, hists = jax.tree.map(lambda *a: np.concatenate(a), *parts)
+            self._scalars = {**self._scalars, **full_scalars}
+            self._tables = {**self._tables, "histograms": hists}
+            self._beside = []
+        return self._scalars, self._tables
+
+
+def measures_beside(spec: GroupSpec) -> bool:
+    """Whether a group's costly diagnostics run in a program of their own,
+    beside the next chunk's training: on a CPU, with one device and one
+    process (several devices already run members in parallel, and programs
+    launched from two threads could reach a multi-process job's collectives
+    in different orders)."""
+    return (bool(spec.config.diagnostics.enabled) and linalg.use_xla_solvers()
+            and jax.device_count() == 1 and jax.process_count() == 1)
+
+
+def host_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                      # not on Linux
+        return os.cpu_count() or 1
+
+
+def beside_parts(population: int) -> int:
+    """Blocks of members the costly diagnostics are split into, one per
+    thread: the largest divisor of ``population`` not above the host's cores
+    (equal blocks share one compiled program)."""
+    return max(d for d in range(1, min(host_cores(), population) + 1) if population % d == 0)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class Compiled:
-    """A group's jitted programs: ``init`` and ``chunk`` (``train_chunk``, the
-    state donated). Every output has a leading member axis sharded over all
-    devices; fixing the output sharding keeps the program's signature
-    identical from call to call (init's output, or a chunk's, feeds the next
-    chunk)."""
+    """A group's jitted programs: ``init``, ``chunk`` (``train_chunk``, the
+    state donated) and, where the costly diagnostics run beside training
+    (:func:`measures_beside`), ``chunk_measured`` (``train_chunk_measured``)
+    and ``beside`` (``measure_beside``). Every chunk output has a leading
+    member axis sharded over all devices; fixing the output sharding keeps
+    the program's signature identical from call to call (init's output, or a
+    chunk's, feeds the next chunk).
+
+    On a CPU the diagnostics are loops of small steps that keep one core busy
+    (:mod:`deadjax.linalg`), while a chunk's training leaves part of the
+    others idle; programs launched from different threads run at the same
+    time. So there a full evaluation's costly diagnostics are computed by
+    their own program, on the network the evaluation measured, in worker
+    threads (one block of members each, :func:`beside_parts`), while the
+    next chunk trains."""
     program: Program
     init: Callable
     chunk: Callable
+    chunk_measured: Callable | None = None
+    beside: Callable | None = None
+    pool: concurrent.futures.ThreadPoolExecutor | None = None
+    _beside_programs: dict = dataclasses.field(default_factory=dict)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @property
     def spec(self) -> GroupSpec:
         return self.program.spec
 
+    def start(self, state, data, stop, full=True) -> tuple[Any, Evaluation]:
+        """Dispatches the training of every member to step ``stop`` (a host
+        int; the current step evaluates only) and its evaluation, full or
+        not: ``(state, evaluation)``; nothing waits for the device. Where
+        the costly diagnostics run beside training they start now, in the
+        worker threads."""
+        stop = jnp.asarray(stop, jnp.int32)
+        if self.beside is None:
+            state, scalars, tables = self.chunk(state, data, stop, jnp.asarray(full, bool))
+            return state, Evaluation(scalars, tables)
+        size = jax.tree.leaves(state)[0].shape[0]
+        k = size // beside_parts(size)
+        # jax_enable_x64 may be set for this thread only (jax.enable_x64):
+        # the workers trace under the caller's setting.
+        x64 = float_dtype() == jnp.float64
+        if (k, x64) not in self._beside_programs:
+            # Compiled in a worker while this thread compiles the chunk.
+            block = jax.eval_shape(lambda s: jax.tree.map(lambda a: a[:k], measured_view(s)),
+                                   state)
+            self.pool.submit(self._program_for, block, data, x64)
+        state, scalars, tables, measured = self.chunk_measured(state, data, stop)
+        if not full:
+            return state, Evaluation(scalars, tables)
+        return state, Evaluation(scalars, tables, [
+            self.pool.submit(self._measure, measured, i, k, data, x64)
+            for i in range(0, size, k)])
+
+    def _program_for(self, block, data, x64: bool):
+        """``beside`` compiled for blocks shaped as ``block``, once per size
+        (and float width)."""
+        key = (jax.tree.leaves(block)[0].shape[0], x64)
+        with self._lock, jax.enable_x64(x64):
+            if key not in self._beside_programs:
+                self._beside_programs[key] = self.beside.lower(block, data).compile()
+            return self._beside_programs[key]
+
+    def _measure(self, measured, i: int, k: int, data, x64: bool):
+        """``beside`` on members ``i`` to ``i + k`` of ``measured`` (sliced
+        here, so that only this worker waits for the chunk to finish)."""
+        block = jax.tree.map(lambda a: a[i:i + k], measured)
+        return self._program_for(block, data, x64)(block, data)
+
     def train_chunk(self, state, data, stop, full=True):
         """Trains every member to step ``stop`` (a host int; the current step
         evaluates only), then evaluates them: ``(state, scalars, tables)``
-        (:func:`make_program`'s ``train_chunk``). ``full``: whether this
-        evaluation computes the costly diagnostics too."""
-        return self.chunk(state, data, jnp.asarray(stop, jnp.int32), jnp.asarray(full, bool))
+        (:func:`make_program`'s ``train_chunk``), waited for where the costly
+        diagnostics run beside. ``full``: whether this evaluation computes
+        the costly diagnostics too."""
+        state, evaluation = self.start(state, data, stop, full)
+        return (state, *evaluation.result())
 
 
 # Groups whose compiled programs a process keeps. Each group's executables
@@ -619,7 +779,14 @@ def compiled(spec: GroupSpec) -> Compiled:
     released (and compiled again if it comes back)."""
     program = make_program(spec)
     members = sharding.members()
+    beside = {}
+    if measures_beside(spec):
+        beside = dict(chunk_measured=jax.jit(program.train_chunk_measured, donate_argnums=0,
+                                             out_shardings=(members,) * 4),
+                      beside=jax.jit(program.measure_beside),
+                      pool=concurrent.futures.ThreadPoolExecutor(
+                          host_cores(), thread_name_prefix="deadjax-diagnostics"))
     return Compiled(program=program,
                     init=jax.jit(program.init, out_shardings=members),
                     chunk=jax.jit(program.train_chunk, donate_argnums=0,
-                                  out_shardings=(members, members, members)))
+                                  out_shardings=(members, members, members)), **beside)

@@ -7,10 +7,14 @@ step or per member):
 
 1. **program call**: the group's one compiled program trains every member to
    the evaluation's step and evaluates them (the step-0 evaluation is the same
-   program with no step to take). JAX dispatches it and returns at once;
+   program with no step to take). JAX dispatches it and returns at once
+   (:meth:`deadjax.population.Compiled.start`); on one CPU device a full
+   evaluation's costly diagnostics then run in worker threads, beside the
+   next interval's training;
 2. while the device runs it, the host records the *previous* evaluation:
-   **device to host** (its scalars, each unit's dead flag and, at full
-   evaluations, histograms, as NumPy arrays), **rows** of the results table
+   **device to host** (once its costly diagnostics are in: its scalars, each
+   unit's dead flag and, at full evaluations, histograms, as NumPy arrays),
+   **rows** of the results table
    (and histograms, and the unit lifelines' events since the evaluation
    before), **summaries** (TensorBoard events), **progress**;
 3. **checkpoint** (:func:`is_checkpoint`: at the first evaluation at or
@@ -185,9 +189,11 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
         if progress is not None and writer:
             progress.begin(group, chunk_index, start, n)
 
-        def record(step, scalars, tables, full):
+        def record(step, evaluation, full):
             """The host's work for one evaluation, in order."""
-            # device to host (collective: every process takes part)
+            # device to host (collective: every process takes part), once the
+            # costly diagnostics computed beside training are in
+            scalars, tables = evaluation.result()
             host = sharding.to_host(scalars)
             host_hists = sharding.to_host(tables["histograms"]) if full and tables["histograms"] \
                 else {}
@@ -218,10 +224,10 @@ def run_chunk(compiled: population.Compiled, group, chunk_index: int, members: l
                                                                    cfg.train.eval_every):
             full = is_full_evaluation(step, total, cfg)
             # the program call (asynchronous), then the previous evaluation's host work
-            state, scalars, tables = compiled.train_chunk(state, data, step, full)
+            state, evaluation = compiled.start(state, data, step, full)
             if pending is not None:
                 record(*pending)
-            pending = (step, scalars, tables, full)
+            pending = (step, evaluation, full)
             evaluated.append(step)
             # checkpoint (collective too), after this evaluation's rows
             due = is_checkpoint(step, previous, total, cfg.train.checkpoint_every)

@@ -622,19 +622,20 @@ def patched(owner, attr: str, value):
 
 
 def timed_program(clock: Clock):
-    """``Compiled.train_chunk`` waited for and timed: training calls apart
-    from evaluations alone (the step-0 evaluation), so the rest of the host
-    loop's time is the writing."""
-    original = population.Compiled.train_chunk
+    """``Compiled.start`` waited for (the costly diagnostics computed beside
+    included) and timed: training calls apart from evaluations alone (the
+    step-0 evaluation), so the rest of the host loop's time is the writing."""
+    original = population.Compiled.start
 
     def call(self, state, data, stop, full=True):
         trains = int(stop) > int(jax.device_get(state.step[0]))
         t = time.perf_counter()
-        out = jax.block_until_ready(original(self, state, data, stop, full))
+        state, evaluation = original(self, state, data, stop, full)
+        jax.block_until_ready((state, evaluation.result()))
         clock.add("train_chunk" if trains else "evaluate", time.perf_counter() - t)
-        return out
+        return state, evaluation
 
-    return patched(population.Compiled, "train_chunk", call)
+    return patched(population.Compiled, "start", call)
 
 
 WRITING = ("device to host", "results parquet", "histograms parquet", "TensorBoard",
@@ -809,6 +810,14 @@ def sweep_section(args) -> None:
                                f"{k} {parts.get(k, 0.0):.1f}" for k in BREAKDOWN + ("other",)))
         else:
             skipped.append(f"{case.name} breakdown")
+        if diag and budget.allows(bm.median(diag)):
+            with tempfile.TemporaryDirectory() as workdir:
+                parts, wall = sweep_breakdown(case, workdir, diagnostics=True)
+            record["breakdown_diagnostics"] = parts
+            details.append(f"with the default diagnostics, one instrumented run (the costly "
+                           f"diagnostics waited for too, so not beside training): {wall:.1f} s: "
+                           + ", ".join(f"{k} {parts.get(k, 0.0):.1f}"
+                                       for k in BREAKDOWN + ("other",)))
         RECORD["sweep"][case.name] = record
         write_record(args)
         print(f"### {case.name}: {case.description}\n\n"

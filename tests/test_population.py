@@ -2,6 +2,7 @@
 trained alone; runs are deterministic; nothing recompiles; divergence is
 contained to the member that diverged."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -114,14 +115,92 @@ def test_no_recompilation_across_chunks_evaluations_and_reruns(tmp_path):
     program = population.compiled(runner.group_spec(group, data.load(base)))
     assert program.init._cache_size() == 1
     # one program: the step-0 evaluation, 3 chunks of steps, 2 population chunks
-    assert program.chunk._cache_size() == 1
+    # (on one CPU device, and one for the costly diagnostics beside it)
+    chunk = program.chunk if program.beside is None else program.chunk_measured
+    assert chunk._cache_size() == 1
+    assert len(program._beside_programs) == (program.beside is not None)
     before = len(compiles)
     runner.run_sweep(base, points, tmp_path / "b")
-    assert program.chunk._cache_size() == 1
+    assert chunk._cache_size() == 1
     assert len(compiles) == before, "a rerun compiled again"
     frame = runner.results.load_results(tmp_path / "b")
     assert sorted(frame.seed.unique()) == list(range(6))  # padding never reaches results
     assert len(frame) == 6 * 4  # steps 0, 10, 20, 30
+
+
+def test_costly_diagnostics_beside_training_equal_those_computed_in_the_chunk(monkeypatch):
+    """On one CPU device a full evaluation's costly diagnostics run in their own
+    program, in blocks of members, beside the next chunk: the same numbers, bit
+    for bit, as the chunk computing them itself, also at a step where a
+    periodic remedy then changes every parameter (they measure the network
+    before it)."""
+    monkeypatch.setattr(population, "host_cores", lambda: 2)   # two blocks of 2
+    base = tiny_config(interventions__method="shrink_perturb", interventions__every=10,
+                       diagnostics__full_every=1)
+    configs = _configs(base, 4)
+    program = compiled_for(base, configs)
+    assert program.beside is not None, "one CPU device: the costly diagnostics run beside"
+    data = device_data(base)
+    inside, beside = init_members(program, configs), init_members(program, configs)
+    for stop in (0, 10, 20):
+        if stop:   # shrink-and-perturb acts after this evaluation: it changes the network
+            after, _, _, measured = program.chunk_measured(jax.tree.map(jnp.copy, beside), data,
+                                                           jnp.int32(stop))
+            kernel = lambda s: np.asarray(s.params["Dense_0"]["kernel"])
+            assert np.abs(kernel(after) - kernel(measured)).max() > 1e-3
+        inside, s_in, t_in = jax.device_get(
+            program.chunk(inside, data, jnp.int32(stop), jnp.bool_(True)))
+        beside, s_bs, t_bs = program.train_chunk(beside, data, stop, True)
+        s_bs, t_bs = jax.device_get((s_bs, t_bs))
+        assert s_in.keys() == s_bs.keys()
+        for key in s_in:
+            np.testing.assert_array_equal(s_bs[key], s_in[key], err_msg=key)
+        assert np.isfinite(s_bs["effective_rank/layer_0"]).all()
+        assert t_in["histograms"].keys() == t_bs["histograms"].keys() != set()
+        jax.tree.map(np.testing.assert_array_equal, t_bs["histograms"], t_in["histograms"])
+    # Not full: the costly scalars NaN, as inside the chunk.
+    _, s_in, _ = jax.device_get(program.chunk(inside, data, jnp.int32(20), jnp.bool_(False)))
+    _, s_bs, _ = jax.device_get(program.train_chunk(beside, data, 20, False))
+    assert np.isnan(s_bs["effective_rank/layer_0"]).all()
+    for key in s_in:
+        np.testing.assert_array_equal(s_bs[key], s_in[key], err_msg=key)
+
+
+def test_costly_diagnostics_beside_training_follow_this_threads_float64_setting():
+    """``jax.enable_x64`` holds for the calling thread only: the workers that
+    compute the costly diagnostics trace under it too (float64 numbers, the
+    same as the chunk computing them itself)."""
+    base = tiny_config()
+    with jax.enable_x64(True):
+        program = compiled_for(base)
+        data = device_data(base)
+        inside, beside = init_members(program, [base]), init_members(program, [base])
+        _, s_in, _ = program.chunk(inside, data, jnp.int32(0), jnp.bool_(True))
+        _, s_bs, _ = program.train_chunk(beside, data, 0, True)
+    assert s_bs["effective_rank/layer_0"].dtype == np.float64
+    np.testing.assert_array_equal(s_bs["effective_rank/layer_0"],
+                                  np.asarray(s_in["effective_rank/layer_0"]))
+
+
+def test_blocks_of_the_costly_diagnostics_divide_the_population(monkeypatch):
+    monkeypatch.setattr(population, "host_cores", lambda: 3)
+    assert [population.beside_parts(n) for n in (1, 2, 4, 6, 7, 8, 9)] == [1, 2, 2, 3, 1, 2, 3]
+
+
+def test_a_failure_beside_training_reaches_the_caller():
+    """An error in the worker that computes the costly diagnostics is raised
+    where the evaluation is read, not lost in its thread."""
+    base = tiny_config()
+    program = compiled_for(base)
+
+    class Refused:
+        def lower(self, *args):
+            raise RuntimeError("the costly diagnostics could not compile")
+
+    broken = dataclasses.replace(program, beside=Refused(), _beside_programs={})
+    state = init_members(broken, [base])
+    with pytest.raises(RuntimeError, match="could not compile"):
+        broken.train_chunk(state, device_data(base), 0, True)
 
 
 @pytest.mark.slow

@@ -232,6 +232,14 @@ if where == "part":  # killed half-way through writing a results part
             die()
         return original(path, payload)
     results.atomic_write_bytes = write
+elif where == "beside":  # killed while a full evaluation's costly diagnostics run beside
+    from deadjax import population
+    original = population.Compiled._measure
+    def measure(self, measured, *args):
+        if int(measured.step[0]) == n:   # the costly diagnostics of step n
+            die()
+        return original(self, measured, *args)
+    population.Compiled._measure = measure
 else:  # killed while Orbax writes a checkpoint in the background
     original = checkpoints.ChunkCheckpointer.save
     def save(self, step, state, metadata):
@@ -248,11 +256,13 @@ runner.run_sweep(base, sweep.product({"seed": [0, 1]}), sys.argv[1])
 
 
 @pytest.mark.parametrize("where, n", [pytest.param("part", 4, marks=pytest.mark.slow),
-                                      ("checkpoint", 2)])
+                                      ("checkpoint", 2), ("beside", 60)])
 def test_kill_while_a_write_is_in_flight_then_rerun_equals_uninterrupted(tmp_path, where, n):
     """The host writes the previous evaluation while the device runs the next
-    interval: a SIGKILL half-way through a results part, or while Orbax writes
-    a checkpoint in the background, loses nothing the rerun does not redo."""
+    interval: a SIGKILL half-way through a results part, while Orbax writes a
+    checkpoint in the background, or (one CPU device) while the last full
+    evaluation's costly diagnostics run in a worker thread, loses nothing the
+    rerun does not redo."""
     killed = tmp_path / "killed"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-c", KILLER, str(killed), where, str(n)],
