@@ -129,3 +129,28 @@ def test_evaluation_section_times_every_default_family(tmp_path):
     for name, row in record.items():
         assert row["compile_s"] > 0 and row["full_s"] > 0 and row["regular_s"] > 0, name
         assert f"| {name} | {row['full_s']:.2f} | {row['regular_s']:.2f} |" in out.stdout
+
+
+@pytest.mark.slow
+def test_sweep_section_with_diagnostics_times_the_intervals_of_both_runs(tmp_path):
+    """``benchmark.py --only sweep`` on 1/64 of the mnist1d1024 sweep (16
+    members, 7 steps): the run with the default diagnostics is timed and its
+    instrumented run, like the one without, puts the program calls in
+    ``training intervals`` (the host loop calls ``Compiled.start``)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "scripts" / "benchmark.py"), "--only",
+                          "sweep", "--sweeps", "mnist1d1024", "--sweep-scale", "64",
+                          "--repeats", "1", "--json", str(tmp_path / "b.json")],
+                         capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((tmp_path / "b.json").read_text())["sweep"]["mnist1d1024"]
+    assert len(record["diagnostics_s"]) == 1 and record["diagnostics_s"][0] > 0
+    assert "with the default diagnostics:" in out.stdout
+    for key in ("breakdown", "breakdown_diagnostics"):
+        parts = record[key]
+        assert parts["training intervals"] > 0 and parts["compile"] > 0, (key, parts)
+        assert parts["device to host"] < parts["training intervals"], (key, parts)
