@@ -435,7 +435,8 @@ def make_program(spec: GroupSpec) -> Program:
     def probe_of(state: MemberState, splits: dict, with_loss_inputs=True) -> diagnostics.Probe:
         """One member's probe pass and what the diagnostics read of its state
         (with the sharpness family's loss inputs where it is chosen and
-        ``with_loss_inputs``)."""
+        ``with_loss_inputs``: they read the optimiser state, which the
+        network a full evaluation measured beside training does not keep)."""
         logits, cap, gparams, deltas = diagnostics.probe_pass(
             lambda p, x, **kw: apply(state, x, p, **kw), loss_of, state.params, widths,
             *splits["probe"])
@@ -490,9 +491,18 @@ def make_program(spec: GroupSpec) -> Program:
     per_member = sharding.map_members if linalg.use_xla_solvers() else jax.vmap
 
     def splits_of(state: MemberState, data: dict) -> dict:
-        """Every split as the task of the last step taken presents it."""
+        """Every split as the task of the last step taken presents it, and
+        the sharpness family's batch where it is chosen. That batch is
+        gathered here, outside the per-member map: a gather of the replicated
+        data inside shard_map's manual mesh is refused."""
         t = task_plan.evaluated(state.step[0])
-        return {name: task_plan.present(x, y, t) for name, (x, y) in data.items()}
+        splits = {name: task_plan.present(x, y, t) for name, (x, y) in data.items()}
+        if sharpness:
+            x, labels = splits["train"]
+            if sharpness_idx is not None:
+                x, labels = x[sharpness_idx], labels[sharpness_idx]
+            splits["sharpness"] = (x, labels)
+        return splits
 
     def evaluate(state: MemberState, data: dict, full):
         """Every member's measurements on the task of the last step taken:
@@ -503,14 +513,6 @@ def make_program(spec: GroupSpec) -> Program:
             scalars, finite = jax.vmap(measure_member, in_axes=(0, None))(state, splits)
             if not cfg.diagnostics.enabled:
                 return scalars, {}, Evidence(finite, None, None)
-            if sharpness:
-                # The sharpness batch is gathered here, outside the per-member
-                # map: a gather of the replicated data inside shard_map's
-                # manual mesh is refused.
-                x, labels = splits["train"]
-                if sharpness_idx is not None:
-                    x, labels = x[sharpness_idx], labels[sharpness_idx]
-                splits = {**splits, "sharpness": (x, labels)}
             values, (full_scalars, hists), carry, dead = per_member(
                 lambda s: diagnose_member(s, splits, full))(state)
         scalars = {**scalars, **values, **full_scalars}
@@ -654,6 +656,11 @@ class Evaluation:
         return self._scalars, self._tables
 
 
+def _members(tree, i: int, k: int):
+    """Members ``i`` to ``i + k`` of a population's pytree."""
+    return jax.tree.map(lambda a: a[i:i + k], tree)
+
+
 def measures_beside(spec: GroupSpec) -> bool:
     """Whether a group's costly diagnostics run in a program of their own,
     beside the next chunk's training: on a CPU, with one device and one
@@ -726,8 +733,7 @@ class Compiled:
         x64 = float_dtype() == jnp.float64
         if (k, x64) not in self._beside_programs:
             # Compiled in a worker while this thread compiles the chunk.
-            block = jax.eval_shape(lambda s: jax.tree.map(lambda a: a[:k], measured_view(s)),
-                                   state)
+            block = jax.eval_shape(lambda s: _members(measured_view(s), 0, k), state)
             self.pool.submit(self._program_for, block, data, x64)
         state, scalars, tables, measured = self.chunk_measured(state, data, stop)
         if not full:
@@ -748,7 +754,7 @@ class Compiled:
     def _measure(self, measured, i: int, k: int, data, x64: bool):
         """``beside`` on members ``i`` to ``i + k`` of ``measured`` (sliced
         here, so that only this worker waits for the chunk to finish)."""
-        block = jax.tree.map(lambda a: a[i:i + k], measured)
+        block = _members(measured, i, k)
         return self._program_for(block, data, x64)(block, data)
 
     def train_chunk(self, state, data, stop, full=True):
