@@ -166,6 +166,7 @@ def test_costly_diagnostics_beside_training_equal_those_computed_in_the_chunk(mo
         np.testing.assert_array_equal(s_bs[key], s_in[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_costly_diagnostics_beside_training_follow_this_threads_float64_setting():
     """``jax.enable_x64`` holds for the calling thread only: the workers that
     compute the costly diagnostics trace under it too (float64 numbers, the
