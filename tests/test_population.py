@@ -188,6 +188,40 @@ def test_blocks_of_the_costly_diagnostics_divide_the_population(monkeypatch):
     assert [population.beside_parts(n) for n in (1, 2, 4, 6, 7, 8, 9)] == [1, 2, 2, 3, 1, 2, 3]
 
 
+def test_the_costly_program_compiles_after_the_chunk_never_beside_it():
+    """A chunk compiled while another program compiles runs slower (same HLO;
+    ~25% on the sweep benchmark's group, docs/benchmarks.md), so the worker
+    compiles the costly diagnostics' program only once the chunk is
+    compiled. Compilations are read from JAX's own events, with the thread
+    each ran in."""
+    import threading
+    import time
+
+    compiles = []   # (start, end, thread name)
+
+    def listen(event, seconds, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            end = time.perf_counter()
+            compiles.append((end - seconds, end, threading.current_thread().name))
+
+    population.compiled.cache_clear()
+    jax.clear_caches()
+    base = tiny_config(diagnostics__full_every=1)
+    program = compiled_for(base)
+    assert program.beside is not None
+    state = init_members(program, [base])
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        state, evaluation = program.start(state, device_data(base), 0, True)
+        evaluation.result()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    workers = [c for c in compiles if c[2].startswith("deadjax-diagnostics")]
+    chunk = [c for c in compiles if c[2] == threading.current_thread().name]
+    assert workers and chunk, compiles
+    assert min(start for start, _, _ in workers) >= max(end for _, end, _ in chunk)
+
+
 def test_a_failure_beside_training_reaches_the_caller():
     """An error in the worker that computes the costly diagnostics is raised
     where the evaluation is read, not lost in its thread."""
