@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -194,9 +196,6 @@ def test_the_costly_program_compiles_after_the_chunk_never_beside_it():
     compiles the costly diagnostics' program only once the chunk is
     compiled. Compilations are read from JAX's own events, with the thread
     each ran in."""
-    import threading
-    import time
-
     compiles = []   # (start, end, thread name)
 
     def listen(event, seconds, **_):
