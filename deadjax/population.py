@@ -743,20 +743,23 @@ class Compiled:
             self.pool.submit(self._measure, measured, i, k, data, x64)
             for i in range(0, size, k)])
 
-    def _program_for(self, block, data, x64: bool):
-        """``beside`` compiled for blocks shaped as ``block``, once per size
-        (and float width)."""
-        key = (jax.tree.leaves(block)[0].shape[0], x64)
+    def _program_for(self, measured, k: int, data, x64: bool):
+        """``beside`` compiled for blocks of ``k`` members of ``measured``,
+        once per size (and float width), from the shapes alone: the worker
+        compiles while the evaluation that computes ``measured`` still runs."""
+        key = (k, x64)
         with self._lock, jax.enable_x64(x64):
             if key not in self._beside_programs:
+                block = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+                    (k,) + a.shape[1:], a.dtype, sharding=a.sharding), measured)
                 self._beside_programs[key] = self.beside.lower(block, data).compile()
             return self._beside_programs[key]
 
     def _measure(self, measured, i: int, k: int, data, x64: bool):
         """``beside`` on members ``i`` to ``i + k`` of ``measured`` (sliced
         here, so that only this worker waits for the chunk to finish)."""
-        block = _members(measured, i, k)
-        return self._program_for(block, data, x64)(block, data)
+        program = self._program_for(measured, k, data, x64)
+        return program(_members(measured, i, k), data)
 
     def train_chunk(self, state, data, stop, full=True):
         """Trains every member to step ``stop`` (a host int; the current step

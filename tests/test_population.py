@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deadjax import data, population, runner, sweep
+from deadjax import data, population, runner, sharding, sweep
 from tests.conftest import compiled_for, device_data, init_members, tiny_config
 
 
@@ -219,6 +219,28 @@ def test_the_costly_program_compiles_after_the_chunk_never_beside_it():
     chunk = [c for c in compiles if c[2] == threading.current_thread().name]
     assert workers and chunk, compiles
     assert min(start for start, _, _ in workers) >= max(end for _, end, _ in chunk)
+
+
+def test_the_costly_program_compiles_from_shapes_before_the_evaluation_ends():
+    """The worker compiles the costly program from the shapes of the network
+    an evaluation measures, so compiling need not wait for that evaluation
+    to finish: shapes alone compile it, and the evaluation then reuses that
+    executable."""
+    population.compiled.cache_clear()
+    base = tiny_config(diagnostics__full_every=1)
+    program = compiled_for(base)
+    state = init_members(program, [base])
+    data = device_data(base)
+    shapes = jax.eval_shape(program.chunk_measured, state, data, jnp.int32(0))[3]
+    members = sharding.members()
+    measured = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=members),
+                            shapes)
+    size = jax.tree.leaves(state)[0].shape[0]
+    executable = program._program_for(measured, size, data, False)
+    assert list(program._beside_programs.values()) == [executable]
+    _, scalars, _ = program.train_chunk(state, data, 0, True)
+    assert list(program._beside_programs.values()) == [executable]
+    assert np.isfinite(np.asarray(scalars["effective_rank/layer_0"])).all()
 
 
 def test_a_failure_beside_training_reaches_the_caller():
