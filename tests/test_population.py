@@ -39,6 +39,7 @@ def _train(base, configs, steps):
     return jax.device_get(state), jax.device_get(scalars)
 
 
+@pytest.mark.slow
 def test_member_in_population_equals_member_alone_float32():
     base = tiny_config(model__norm="batch", train__eval_every=50, train__steps=50,
                        train__checkpoint_every=50, model__dropout=0.2,
@@ -130,6 +131,7 @@ def test_no_recompilation_across_chunks_evaluations_and_reruns(tmp_path):
     assert len(frame) == 6 * 4  # steps 0, 10, 20, 30
 
 
+@pytest.mark.slow
 def test_costly_diagnostics_beside_training_equal_those_computed_in_the_chunk(monkeypatch):
     """On one CPU device a full evaluation's costly diagnostics run in their own
     program, in blocks of members, beside the next chunk: the same numbers, bit

@@ -256,7 +256,7 @@ runner.run_sweep(base, sweep.product({"seed": [0, 1]}), sys.argv[1])
 
 
 @pytest.mark.parametrize("where, n", [pytest.param("part", 4, marks=pytest.mark.slow),
-                                      ("checkpoint", 2),
+                                      pytest.param("checkpoint", 2, marks=pytest.mark.slow),
                                       pytest.param("beside", 60, marks=pytest.mark.slow)])
 def test_kill_while_a_write_is_in_flight_then_rerun_equals_uninterrupted(tmp_path, where, n):
     """The host writes the previous evaluation while the device runs the next

@@ -61,6 +61,7 @@ def mixed():
     return members, _train(members, 40)
 
 
+@pytest.mark.slow
 def test_member_with_intervention_off_is_bitwise_the_plain_member(mixed):
     members, (state, _) = mixed
     # Members with every intervention compiled in but switched off are, bit
@@ -105,6 +106,7 @@ def test_every_intervention_acts_and_counts_its_units(mixed):
     assert min(int(a[k].min()) for a in ages) < 40
 
 
+@pytest.mark.slow
 def test_population_equals_members_alone(mixed):
     members, (state, scalars) = mixed
     # One population of one member, its program compiled once for all four.
