@@ -5,14 +5,16 @@
 # ends inside one 10-minute device command. docs/benchmarks.md, "On a GPU".
 #
 # 1. Once, on a machine with a package registry, in the repository's root
-#    (the GPU machine has Python 3.12 and no network; both wheels are pure
-#    Python, and their dependencies -- absl-py, PyYAML, numpy, scipy,
-#    matplotlib, requests -- are on it already):
+#    (the GPU machine has Python 3.12 and no network; the first two wheels
+#    are pure Python, and their dependencies -- absl-py, PyYAML, numpy, scipy,
+#    matplotlib, requests -- are on it already; google-crc32c, a C extension
+#    without dependencies, only makes TensorBoard's writing faster, and
+#    deadjax runs without it):
 #
 #      python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #          --implementation cp --platform manylinux_2_28_x86_64 \
 #          --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#          -d .whl ml-collections==1.1.0 mnist1d==0.0.2.post1
+#          -d .whl ml-collections==1.1.0 mnist1d==0.0.2.post1 google-crc32c==1.9.0
 #
 #    (.whl/ is git-ignored; it travels when the run names it in carry.)
 #

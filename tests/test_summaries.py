@@ -166,6 +166,29 @@ tb.close_chunk()
     assert acc.Histograms("preact/layer_0")[0].histogram_value.bucket == [1, 1, 1, 1]
 
 
+def test_record_checksums_equal_tensorboards_own(tmp_path):
+    # The C checksum writes what tensorboard's Python loop would: compared on
+    # byte strings of every length 0..64 and a few long ones, against the
+    # reference and against CRC-32C's published check value ("123456789" ->
+    # 0xE3069283, RFC 3720 B.4), and the reader (which checks every record
+    # with its own function) accepts the files.
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c, masked_crc32c
+    from tensorboard.summary.writer import record_writer
+    assert crc32c(b"123456789") == 0xE3069283
+    rng = np.random.default_rng(0)
+    data = [rng.bytes(n) for n in (*range(65), 1000, 4096, 65_537)]
+    assert [summaries.masked_crc32c(d) for d in data] == [masked_crc32c(d) for d in data]
+    pytest.importorskip("google_crc32c")
+    assert record_writer.masked_crc32c is summaries.masked_crc32c
+    pts = _points(seeds=(0,))
+    tb = summaries.SweepSummaries(tmp_path, pts, ["model.activation"])
+    scalars, hists = _evaluation(rng, len(pts), 5)
+    tb.write_evaluation(pts, 5, scalars, hists)
+    tb.close_chunk()
+    for p in pts:
+        assert _acc(tb.run_dir(p)).Scalars("test/accuracy")[0].step == 5
+
+
 def test_default_histogram_members(tmp_path):
     tb = summaries.SweepSummaries(tmp_path, [], [])
     assert [tb._histogram_count(n) for n in (3, 16, 40)] == [3, 16, 16]
