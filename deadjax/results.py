@@ -343,15 +343,17 @@ class Lifelines:
         the program's ``tables["units"]``, arrays with a member axis)."""
         n = len(self.members)
         dead = [np.asarray(d, bool)[:n] for d in units["dead"]]
-        rows: dict = {"point": [], "layer": [], "unit": [], "step": [], "event": []}
+        ids = np.asarray([p.id for p in self.members], dtype=object)
+        parts: dict = {"point": [], "layer": [], "unit": [], "step": [], "event": []}
 
         def add(mask, event, steps=None):
             m, u = np.nonzero(mask)
-            rows["point"] += [self.members[i].id for i in m]
-            rows["layer"] += [layer] * len(m)
-            rows["unit"] += u.tolist()
-            rows["step"] += (steps[m, u].tolist() if steps is not None else [step] * len(m))
-            rows["event"] += [event] * len(m)
+            parts["point"].append(ids[m])
+            parts["layer"].append(np.full(len(m), layer, np.int32))
+            parts["unit"].append(u.astype(np.int32))
+            parts["step"].append(steps[m, u].astype(np.int64) if steps is not None
+                                 else np.full(len(m), step, np.int64))
+            parts["event"].append(np.full(len(m), event, dtype=object))
 
         for layer, now in enumerate(dead):
             before = self.dead[layer] if self.dead is not None else np.zeros_like(now)
@@ -361,7 +363,10 @@ class Lifelines:
                 last = np.asarray(units["last_reset"][layer])[:n]
                 add((last > self.step) & (last <= step), "reset", last)
         self.dead, self.step = dead, int(step)
-        frame = pd.DataFrame(rows)
+        empty = {"point": object, "layer": np.int32, "unit": np.int32, "step": np.int64,
+                 "event": object}
+        frame = pd.DataFrame({k: (np.concatenate(v) if v else np.zeros(0, empty[k]))
+                              for k, v in parts.items()})
         return frame.astype({"point": str, "layer": np.int32, "unit": np.int32,
                              "step": np.int64, "event": str})
 

@@ -317,6 +317,21 @@ def _dead_from_events(units, point, layer, step):
     return set(last[last == "died"].index)
 
 
+def test_lifeline_events_of_hand_made_masks():
+    """Died, revived and reset events, row for row, from masks made by hand."""
+    from types import SimpleNamespace
+    from deadjax import results
+    life = results.Lifelines([SimpleNamespace(id="a"), SimpleNamespace(id="b")])
+    first = life.events(0, {"dead": [np.array([[1, 0, 0], [0, 0, 1]], bool)]})
+    assert first.values.tolist() == [["a", 0, 0, 0, "died"], ["b", 0, 2, 0, "died"]]
+    assert list(first.dtypes[1:4]) == [np.int32, np.int32, np.int64]
+    later = life.events(10, {"dead": [np.array([[0, 0, 0], [0, 1, 1]], bool)],
+                             "last_reset": [np.array([[5, -1, -1], [-1, -1, 0]], np.int32)]})
+    assert later.values.tolist() == [["b", 0, 1, 10, "died"], ["a", 0, 0, 10, "revived"],
+                                     ["a", 0, 0, 5, "reset"]]
+    assert life.events(20, {"dead": [np.array([[0, 0, 0], [0, 1, 1]], bool)]}).empty
+
+
 @pytest.mark.slow
 def test_unit_lifelines_agree_with_the_results_and_survive_a_resume(tmp_path):
     """At every evaluation the units the lifelines say are dead number
