@@ -56,17 +56,17 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import (
+    masked_crc32c as _python_masked_crc32c)
+from tensorboard.plugins.hparams import summary_v2 as hp
+from tensorboard.summary.writer import record_writer
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 try:
     import google_crc32c
 except ImportError:     # an environment without it (a device machine) writes the same files
     google_crc32c = None
-from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.plugins.hparams import summary_v2 as hp
-from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import (
-    masked_crc32c as _python_masked_crc32c)
-from tensorboard.summary.writer import record_writer
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from deadjax import config as config_lib
 from deadjax import locks, results

@@ -147,12 +147,16 @@ def test_scalars_histograms_hparams_and_padding(tmp_path):
     assert len(list(root.glob("events.out.tfevents.*"))) == 1
 
 
-def test_writes_without_tensorflow(tmp_path):
+@pytest.mark.parametrize("hidden", [("tensorflow",), ("tensorflow", "google_crc32c")])
+def test_writes_without_tensorflow(tmp_path, hidden):
     # TensorFlow made unimportable: the tensorboard package alone must do
+    # (and without google-crc32c, with tensorboard's own checksums)
     code = f"""
-import sys; sys.modules["tensorflow"] = None
+import sys
+for name in {hidden!r}: sys.modules[name] = None
 import types, numpy as np
 from deadjax import summaries
+assert (summaries.google_crc32c is None) == ("google_crc32c" in {hidden!r})
 P = types.SimpleNamespace(id="p1", values={{"seed": 1}})
 tb = summaries.SweepSummaries({str(tmp_path)!r}, [P], ["seed"])
 tb.write_evaluation([P], 0, {{"test/accuracy": np.ones(1)}},
