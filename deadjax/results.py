@@ -363,10 +363,7 @@ class Lifelines:
                 last = np.asarray(units["last_reset"][layer])[:n]
                 add((last > self.step) & (last <= step), "reset", last)
         self.dead, self.step = dead, int(step)
-        empty = {"point": object, "layer": np.int32, "unit": np.int32, "step": np.int64,
-                 "event": object}
-        frame = pd.DataFrame({k: (np.concatenate(v) if v else np.zeros(0, empty[k]))
-                              for k, v in parts.items()})
+        frame = pd.DataFrame({k: np.concatenate(v) if v else [] for k, v in parts.items()})
         return frame.astype({"point": str, "layer": np.int32, "unit": np.int32,
                              "step": np.int64, "event": str})
 
