@@ -518,16 +518,19 @@ def make_program(spec: GroupSpec) -> Program:
         scalars = {**scalars, **values, **full_scalars}
         return scalars, hists, Evidence(finite, dead, scalars["output_constant"] > 0, carry)
 
-    def measure_beside(state: MemberState, data: dict):
-        """Every member's costly diagnostics alone, ``(full scalars,
-        histograms)``: what ``evaluate(state, data, True)`` adds to
-        ``evaluate(state, data, False)``, member for member the same numbers,
-        as a program of its own (:class:`Compiled` runs it beside the next
-        chunk's training on CPU). ``state`` is the network an evaluation
-        measured (``train_chunk_measured``'s last output)."""
-        splits = splits_of(state, data)
+    def measure_beside(state: MemberState, data: dict, start, size: int):
+        """The costly diagnostics alone of members ``start`` to ``start +
+        size`` (``size`` static), ``(full scalars, histograms)``: what
+        ``evaluate(state, data, True)`` adds to ``evaluate(state, data,
+        False)``, member for member the same numbers, as a program of its
+        own (:class:`Compiled` runs it beside the next chunk's training on
+        CPU). ``state`` is the network an evaluation measured
+        (``train_chunk_measured``'s last output), all members: the block is
+        sliced here, so every block runs the one compiled program."""
+        block = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, size), state)
+        splits = splits_of(block, data)
         with jax.default_matmul_precision("float32"):
-            return per_member(lambda s: costly_member(s, splits))(state)
+            return per_member(lambda s: costly_member(s, splits))(block)
 
     def observe_member(state: MemberState, evidence: Evidence) -> MemberState:
         newly = ~evidence.finite_params & ~state.diverged
@@ -656,11 +659,6 @@ class Evaluation:
         return self._scalars, self._tables
 
 
-def _members(tree, i: int, k: int):
-    """Members ``i`` to ``i + k`` of a population's pytree."""
-    return jax.tree.map(lambda a: a[i:i + k], tree)
-
-
 def measures_beside(spec: GroupSpec) -> bool:
     """Whether a group's costly diagnostics run in a program of their own,
     beside the next chunk's training: on a CPU, with one device and one
@@ -745,21 +743,23 @@ class Compiled:
 
     def _program_for(self, measured, k: int, data, x64: bool):
         """``beside`` compiled for blocks of ``k`` members of ``measured``,
-        once per size (and float width), from the shapes alone: the worker
-        compiles while the evaluation that computes ``measured`` still runs."""
-        key = (k, x64)
+        once per population and block size (and float width), from the
+        shapes alone: the worker compiles while the evaluation that computes
+        ``measured`` still runs."""
+        key = (jax.tree.leaves(measured)[0].shape[0], k, x64)
         with self._lock, jax.enable_x64(x64):
             if key not in self._beside_programs:
-                block = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
-                    (k,) + a.shape[1:], a.dtype, sharding=a.sharding), measured)
-                self._beside_programs[key] = self.beside.lower(block, data).compile()
+                shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+                    a.shape, a.dtype, sharding=a.sharding), measured)
+                start = jax.ShapeDtypeStruct((), jnp.int32)
+                self._beside_programs[key] = self.beside.lower(shapes, data, start,
+                                                               k).compile()
             return self._beside_programs[key]
 
     def _measure(self, measured, i: int, k: int, data, x64: bool):
-        """``beside`` on members ``i`` to ``i + k`` of ``measured`` (sliced
-        here, so that only this worker waits for the chunk to finish)."""
+        """``beside`` on members ``i`` to ``i + k`` of ``measured``."""
         program = self._program_for(measured, k, data, x64)
-        return program(_members(measured, i, k), data)
+        return program(measured, data, np.int32(i))
 
     def train_chunk(self, state, data, stop, full=True):
         """Trains every member to step ``stop`` (a host int; the current step
@@ -793,7 +793,7 @@ def compiled(spec: GroupSpec) -> Compiled:
     if measures_beside(spec):
         beside = dict(chunk_measured=jax.jit(program.train_chunk_measured, donate_argnums=0,
                                              out_shardings=(members,) * 4),
-                      beside=jax.jit(program.measure_beside),
+                      beside=jax.jit(program.measure_beside, static_argnums=3),
                       pool=concurrent.futures.ThreadPoolExecutor(
                           host_cores(), thread_name_prefix="deadjax-diagnostics"))
     return Compiled(program=program,
