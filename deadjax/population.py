@@ -461,24 +461,21 @@ def make_program(spec: GroupSpec) -> Program:
         costly ones (:func:`deadjax.diagnostics.measure_full`) only where
         ``full``, a scalar shared by every member, so the ``lax.cond`` on it
         is a real branch (skipped, not masked) inside the per-member loop and
-        under ``vmap`` alike; NaN and empty histograms otherwise. ``full``
-        may also be a Python bool: ``False`` leaves them out of the program
-        (:func:`measure_beside` computes them in a program of their own)."""
+        under ``vmap`` alike; NaN and empty histograms otherwise
+        (:func:`skipped`). ``full`` may also be a Python bool: ``False``
+        leaves them out of the program, ``({}, {})`` (:func:`measure_beside`
+        computes them in a program of their own, and :class:`Compiled` fills
+        in the placeholders of evaluations that are not full)."""
         probe = probe_of(state, splits)
         values, carry = diagnostics.measure(probe, diag)
-        costly_part = diagnostics.for_full(probe)
-        costly = lambda p: diagnostics.measure_full(p, diag)
-        shapes = jax.eval_shape(costly, costly_part)
-
-        def skipped(_):
-            return jax.tree.map(
-                lambda x: jnp.full(x.shape, jnp.nan if jnp.issubdtype(x.dtype, jnp.floating)
-                                   else 0, x.dtype), shapes)
-
         if full is False:
-            measured = skipped(None)
+            measured = {}, {}
         else:
-            measured = jax.lax.cond(full, costly, skipped, costly_part)
+            costly_part = diagnostics.for_full(probe)
+            costly = lambda p: diagnostics.measure_full(p, diag)
+            shapes = jax.eval_shape(costly, costly_part)
+            measured = jax.lax.cond(full, costly, lambda _: skipped(shapes, jnp),
+                                    costly_part)
         return values, measured, carry, diagnostics.dead_masks(probe, diag)
 
     # The diagnostics run member by member on CPU: each device takes its own
@@ -625,8 +622,10 @@ def make_program(spec: GroupSpec) -> Program:
 
     def train_chunk_measured(state: MemberState, data: dict, stop):
         """:func:`train_chunk` without the costly diagnostics (their scalars
-        NaN, their histograms empty), and the network its evaluation measured,
-        for :func:`measure_beside`: ``(state, scalars, tables, measured)``."""
+        and histograms left out: :class:`Compiled` adds them, computed by
+        :func:`measure_beside` or as :func:`skipped` placeholders), and the
+        network its evaluation measured: ``(state, scalars, tables,
+        measured)``."""
         return chunk_with_measured(state, data, stop, False)
 
     return Program(spec=spec, init=init, step=step, evaluate=evaluate, observe=observe,
@@ -639,23 +638,38 @@ def make_program(spec: GroupSpec) -> Program:
 # Compiled programs, once per group and process
 # --------------------------------------------------------------------------
 
+def skipped(shapes, xp=np):
+    """The costly diagnostics of an evaluation that is not full, shaped as
+    ``shapes`` (a pytree of shapes and dtypes): NaN scalars, and histograms
+    with NaN ranges and no counts (every integer 0)."""
+    return jax.tree.map(lambda x: xp.full(x.shape, np.nan if jnp.issubdtype(x.dtype, jnp.floating)
+                                          else 0, x.dtype), shapes)
+
+
 class Evaluation:
     """One evaluation's outputs, ``(scalars, tables)`` of :func:`make_program`'s
     ``train_chunk``, of which the costly diagnostics may still be computing
-    beside the next chunk (:meth:`Compiled.start`). :meth:`result` waits for
-    them and returns the whole evaluation, as ``train_chunk`` would."""
+    beside the next chunk (:meth:`Compiled.start`), or still to be filled
+    with their placeholders (``costly``: a function giving them). :meth:`result`
+    waits for them and returns the whole evaluation, as ``train_chunk``
+    would."""
 
-    def __init__(self, scalars: dict, tables: dict, beside: Sequence = ()):
+    def __init__(self, scalars: dict, tables: dict, beside: Sequence = (),
+                 costly: Callable | None = None):
         self._scalars, self._tables, self._beside = scalars, tables, list(beside)
+        self._costly = costly
 
     def result(self) -> tuple[dict, dict]:
         if self._beside:
             # Each part is a contiguous block of members: joined in order.
             parts = [jax.device_get(f.result()) for f in self._beside]
-            full_scalars, hists = jax.tree.map(lambda *a: np.concatenate(a), *parts)
+            self._costly = lambda: jax.tree.map(lambda *a: np.concatenate(a), *parts)
+            self._beside = []
+        if self._costly is not None:
+            full_scalars, hists = self._costly()
             self._scalars = {**self._scalars, **full_scalars}
             self._tables = {**self._tables, "histograms": hists}
-            self._beside = []
+            self._costly = None
         return self._scalars, self._tables
 
 
@@ -736,10 +750,22 @@ class Compiled:
         # evaluation 10.3 s instead of 8.3 s, in two runs each).
         state, scalars, tables, measured = self.chunk_measured(state, data, stop)
         if not full:
-            return state, Evaluation(scalars, tables)
+            shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                                 sharding=a.sharding), measured)
+            return state, Evaluation(scalars, tables, costly=functools.partial(
+                self._placeholders, shapes, k, data, x64))
         return state, Evaluation(scalars, tables, [
             self.pool.submit(self._measure, measured, i, k, data, x64)
             for i in range(0, size, k)])
+
+    def _placeholders(self, measured, k: int, data, x64: bool):
+        """:func:`skipped` costly diagnostics for every member of
+        ``measured``, shaped as the costly program's output (compiled here
+        if no full evaluation compiled it yet; the last one always does)."""
+        blocks = self._program_for(measured, k, data, x64).out_info
+        size = jax.tree.leaves(measured)[0].shape[0]
+        return skipped(jax.tree.map(
+            lambda b: jax.ShapeDtypeStruct((size,) + b.shape[1:], b.dtype), blocks))
 
     def _program_for(self, measured, k: int, data, x64: bool):
         """``beside`` compiled for blocks of ``k`` members of ``measured``,

@@ -187,6 +187,33 @@ def test_costly_diagnostics_beside_training_follow_this_threads_float64_setting(
                                   np.asarray(s_in["effective_rank/layer_0"]))
 
 
+@pytest.mark.slow
+def test_an_evaluation_that_is_not_full_has_the_chunks_placeholders_beside_training():
+    """Where the costly diagnostics run beside training, the chunk leaves
+    them out of an evaluation that is not full, and the evaluation gets the
+    placeholders the chunk computing them itself gives (NaN scalars,
+    histograms with NaN ranges and no counts), shaped from the costly
+    program, also when it is the process's first evaluation (a resume
+    between full ones): the same columns, the same values."""
+    population.compiled.cache_clear()
+    base = tiny_config()
+    program = compiled_for(base)
+    assert program.beside is not None
+    data = device_data(base)
+    first, again = init_members(program, [base]), init_members(program, [base])
+    _, s_bs, t_bs = jax.device_get(program.train_chunk(first, data, 0, False))
+    _, s_in, t_in = jax.device_get(program.chunk(again, data, jnp.int32(0), jnp.bool_(False)))
+    assert s_bs.keys() == s_in.keys()
+    assert np.isnan(s_bs["effective_rank/layer_0"]).all()
+    for key in s_in:
+        np.testing.assert_array_equal(s_bs[key], s_in[key], err_msg=key)
+        assert s_bs[key].dtype == s_in[key].dtype, key
+    assert t_bs["histograms"].keys() == t_in["histograms"].keys() != set()
+    jax.tree.map(np.testing.assert_array_equal, t_bs["histograms"], t_in["histograms"])
+    lo, hi, counts = t_bs["histograms"]["preact/layer_0"]
+    assert np.isnan(lo).all() and np.isnan(hi).all() and not counts.any()
+
+
 def test_blocks_of_the_costly_diagnostics_divide_the_population(monkeypatch):
     monkeypatch.setattr(population, "host_cores", lambda: 3)
     assert [population.beside_parts(n) for n in (1, 2, 4, 6, 7, 8, 9)] == [1, 2, 2, 3, 1, 2, 3]
