@@ -20,7 +20,8 @@ with a leading member axis):
   compiles (:func:`compiled`, cached on the spec), with ``stop`` and ``full``
   traced so chunks of any length, and the step-0 evaluation, reuse it;
 - ``train_chunk_measured(state, data, stop)`` and ``measure_beside(measured,
-  data)``: the same chunk split in two, the costly diagnostics apart, for
+  data, start, size)``: the same chunk split in two, the costly diagnostics
+  apart (of a block of members), for
   one CPU device, where :class:`Compiled` computes them in worker threads
   while the next chunk trains (:func:`measures_beside`); the same numbers.
 
