@@ -1,5 +1,7 @@
 import dataclasses
 import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -7,6 +9,47 @@ import pytest
 
 from deadjax import data, population
 from deadjax.config import default_config
+
+
+_CACHE_OWNER = "DEADJAX_TEST_CACHE_OWNER"
+
+
+def pytest_configure(config):
+    """One JAX persistent compilation cache for the whole test run: the many
+    tests that train the same tiny config (in this process, in pytest-xdist's
+    workers and in the sweeps the fault and resume tests start as
+    subprocesses) compile each program once. The cache is a fresh directory
+    per run, removed at its end, so a run never reads another's entries;
+    an entry holds the compiled executable of the same HLO and flags, so no
+    number depends on it. Set ``JAX_COMPILATION_CACHE_DIR`` yourself to keep
+    one across runs."""
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="deadjax-tests-jax-cache-")
+        os.environ[_CACHE_OWNER] = str(os.getpid())
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                      int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
+
+
+def pytest_unconfigure(config):
+    if os.environ.get(_CACHE_OWNER) == str(os.getpid()):
+        shutil.rmtree(os.environ.pop("JAX_COMPILATION_CACHE_DIR"), ignore_errors=True)
+
+
+@pytest.fixture
+def without_compilation_cache():
+    """For tests that read JAX's compile events: a program found in the
+    persistent cache is not compiled, so it sends none."""
+    from jax._src import compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
+    yield
+    jax.config.update("jax_enable_compilation_cache", True)
+    compilation_cache.reset_cache()
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -87,6 +87,7 @@ def test_trace_summary_of_a_folder_without_a_trace(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark
 def test_sweep_section_runs_deadjax_and_the_handwritten_sweep(tmp_path):
     """``benchmark.py --only sweep`` end to end at 1/16 of the seed64 sweep
     (4 members, 512 examples, 25 steps): both whole runs finish and the
@@ -108,6 +109,7 @@ def test_sweep_section_runs_deadjax_and_the_handwritten_sweep(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark
 def test_evaluation_section_times_every_default_family(tmp_path):
     """``benchmark.py --only evaluation`` at 1/64 of the mnist1d1024 group (16
     members): a row per default family, diagnostics off, output alone and all
@@ -132,6 +134,7 @@ def test_evaluation_section_times_every_default_family(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark
 def test_sweep_section_with_diagnostics_times_the_intervals_of_both_runs(tmp_path):
     """``benchmark.py --only sweep`` on 1/64 of the mnist1d1024 sweep (16
     members, 7 steps): the run with the default diagnostics is timed and its

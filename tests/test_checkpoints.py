@@ -341,6 +341,7 @@ def test_resumed_training_equals_uninterrupted(tmp_path, setup):
     _bitwise_equal(resumed, straight)
 
 
+@pytest.mark.slow
 def test_zero_steps_leaves_a_loadable_initial_member(tmp_path):
     """train.steps = 0 evaluates the initialisation and checkpoints it:
     load_member returns init from the seed, bit for bit."""

@@ -104,6 +104,7 @@ def test_network_born_dead_on_purpose():
     np.testing.assert_array_equal(scalars["grad_norm_ratio_undefined"], [1.0, 1.0])
 
 
+@pytest.mark.slow
 def test_dead_last_layer_bypassed_by_a_residual_gives_an_infinite_ratio():
     """With a residual connection around the fully dead last hidden layer the
     first layer still gets a gradient (through the identity) while the last
@@ -132,6 +133,7 @@ def test_dead_last_layer_bypassed_by_a_residual_gives_an_infinite_ratio():
                                    rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_leaky_layer_in_its_negative_region_reads_negative_not_dead():
     """A leaky-ReLU layer pushed below 0 on every probe input (hand-made biases)
     reads negative_fraction 1 while dead_fraction stays 0 (phi' = slope > 0
@@ -172,7 +174,7 @@ def _numpy_activation(name, z, slope):
     }[name]()
 
 
-@pytest.mark.parametrize("norm", ["none", "layer"])
+@pytest.mark.parametrize("norm", ["none", pytest.param("layer", marks=pytest.mark.slow)])
 def test_negative_fraction_matches_numpy_for_every_activation(norm):
     """On random members (biases shifted so that some units of each layer sit
     below 0 on every probe input and some do not; leaky slopes per member and
@@ -254,7 +256,8 @@ def test_healthy_network_is_not_born_dead_and_flag_is_kept():
     assert np.all(scalars["born_dead"] == 0) and np.all(scalars["dead_persistent/layer_0"] >= 0)
 
 
-@pytest.mark.parametrize("norm", [pytest.param("batch", marks=pytest.mark.slow), "layer"])
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["batch", "layer"])
 def test_jacobian_with_normalisation_matches_autodiff(norm):
     cfg, pop, dd, state = _setup(model__norm=norm, model__residual=True,
                                  model__widths=(8, 8), model__activation="tanh")

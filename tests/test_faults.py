@@ -84,6 +84,7 @@ def test_checkpoints_at_the_first_evaluation_after_each_multiple():
     deadjax.config.validate(cfg)  # no longer refused
 
 
+@pytest.mark.slow
 def test_eval_every_above_checkpoint_every_runs_and_checkpoints(tmp_path):
     exp = _experiment(tmp_path, steps=40, every=20, ckpt=5)
     out = _sweep(exp, tmp_path / "w")
@@ -172,6 +173,7 @@ def test_a_missing_results_part_is_recomputed(tmp_path):
     pd.testing.assert_frame_equal(deadjax.load_results(work), straight, check_exact=True)
 
 
+@pytest.mark.slow
 def test_a_truncated_points_file_is_repaired_from_the_results(tmp_path):
     exp = _experiment(tmp_path, seeds=3, pop=1)   # three chunks of one member
     work = tmp_path / "w"
@@ -335,6 +337,7 @@ runpy.run_path("scripts/sweep.py", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_a_dataset_file_missing_half_way_is_one_sentence(tmp_path):
     import numpy as np
     rng = np.random.default_rng(0)

@@ -162,6 +162,7 @@ def test_cpu_routes_are_the_xla_ones():
     np.testing.assert_array_equal(jax.jit(linalg.symmetric_eigenvalues)(a), eigvalsh(a))
 
 
+@pytest.mark.slow
 def test_diagnostics_program_has_no_custom_call_on_cpu():
     """A LAPACK custom call in the program can deadlock XLA:CPU's thread pool
     (deadjax.linalg); the program of every diagnostic family has none."""

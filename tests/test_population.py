@@ -104,7 +104,7 @@ def test_same_config_and_seed_give_identical_results(tmp_path):
 
 
 @pytest.mark.slow
-def test_no_recompilation_across_chunks_evaluations_and_reruns(tmp_path):
+def test_no_recompilation_across_chunks_evaluations_and_reruns(tmp_path, without_compilation_cache):
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, *_, **__: compiles.append(event)
@@ -219,7 +219,8 @@ def test_blocks_of_the_costly_diagnostics_divide_the_population(monkeypatch):
     assert [population.beside_parts(n) for n in (1, 2, 4, 6, 7, 8, 9)] == [1, 2, 2, 3, 1, 2, 3]
 
 
-def test_the_costly_program_compiles_after_the_chunk_never_beside_it():
+@pytest.mark.slow
+def test_the_costly_program_compiles_after_the_chunk_never_beside_it(without_compilation_cache):
     """A chunk compiled while another program compiles runs slower (same HLO;
     ~25% on the sweep benchmark's group, docs/benchmarks.md), so the worker
     compiles the costly diagnostics' program only once the chunk is
@@ -250,6 +251,7 @@ def test_the_costly_program_compiles_after_the_chunk_never_beside_it():
     assert min(start for start, _, _ in workers) >= max(end for _, end, _ in chunk)
 
 
+@pytest.mark.slow
 def test_the_costly_program_compiles_from_shapes_before_the_evaluation_ends():
     """The worker compiles the costly program from the shapes of the network
     an evaluation measures, so compiling need not wait for that evaluation

@@ -84,6 +84,7 @@ def test_member_with_intervention_off_is_bitwise_the_plain_member(mixed):
                      _member(getattr(alone, name), 0))
 
 
+@pytest.mark.slow
 def test_every_intervention_acts_and_counts_its_units(mixed):
     members, (state, scalars) = mixed
     counts = dict(zip(METHODS, scalars["units_reset/all"]))
