@@ -128,6 +128,7 @@ def test_the_console_command_is_declared():
     assert '[project.scripts]\ndeadjax = "deadjax.cli:main"' in text
 
 
+@pytest.mark.slow
 def test_help_lists_every_field_and_exits_0():
     out = _deadjax("--help")
     assert out.returncode == 0 and "deadjax sweep" in out.stdout and "deadjax status" in out.stdout

@@ -39,6 +39,7 @@ def _numpy_backprop(params, x, y, num_classes):
     return dict(z=[z0, z1], h=[h0, h1], deltas=[d0, d1], grads=grads, W=W)
 
 
+@pytest.mark.slow
 def test_gradient_flow_and_signal_metrics_match_numpy():
     cfg, pop, dd, state = _setup()
     state, scalars, tables = jax.device_get(_evaluate(pop, state, dd))
@@ -308,6 +309,7 @@ def test_diagnostics_are_invariant_to_probe_order():
         np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.slow
 def test_negative_persistent_and_revived_follow_numpy_across_evaluations():
     """negative_persistent / negative_revived compare an evaluation's negative
     masks (z <= 0 on every probe input) with the previous evaluation's, which

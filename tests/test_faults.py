@@ -308,9 +308,10 @@ def test_a_full_disk_is_one_sentence_and_the_rerun_resumes(tmp_path):
             subprocess.run(["umount", str(disk)], capture_output=True)
 
 
-@pytest.mark.parametrize("code, words", [(errno.EROFS, "read-only file system"),
-                                         (errno.EACCES, "not writable"),
-                                         (errno.ENOENT, "vanished")])
+@pytest.mark.parametrize("code, words", [
+    pytest.param(errno.EROFS, "read-only file system", marks=pytest.mark.slow),
+    pytest.param(errno.EACCES, "not writable", marks=pytest.mark.slow),
+    (errno.ENOENT, "vanished")])
 def test_a_read_only_or_vanished_workdir_is_one_sentence(tmp_path, code, words):
     exp = _experiment(tmp_path, steps=40, every=20, ckpt=40)
     out = subprocess.run([sys.executable, "-c", FAULTY, str(code), "1", "--config", str(exp),

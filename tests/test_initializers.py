@@ -253,6 +253,7 @@ def test_he_leaky_at_slope_zero_is_he_and_gain_applies():
                                    rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_he_leaky_through_the_model_takes_the_members_slope():
     """In the MLP the slope comes from the activation: each member's own
     model.leaky_slope (traced) for leaky_relu, the initial 0.25 for prelu, 0 for

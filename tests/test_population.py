@@ -333,6 +333,7 @@ def test_zero_steps_evaluates_the_initialisation(tmp_path):
     assert frame["born_dead"].notna().all()
 
 
+@pytest.mark.slow
 def test_diverged_member_stops_updating():
     """After its first non-finite training loss a member's parameters and
     statistics never change again, while its neighbour trains on."""

@@ -134,6 +134,7 @@ def test_grown_sweep_keeps_old_points_and_trains_new_ones(tmp_path):
                                   rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_load_member_returns_flax_layout_params(tmp_path):
     base = tiny_config(diagnostics__enabled=False)
     runner.run_sweep(base, sweep.product({"seed": [0, 1]}), tmp_path, tensorboard=False)

@@ -283,6 +283,7 @@ def test_a_diverged_member_reads_nan_and_does_not_hold_the_others_up():
     assert scalars["sharpness_iterations"][0] == healthy["sharpness_iterations"][0]
 
 
+@pytest.mark.slow
 def test_initial_vector_is_a_fixed_unit_vector_shaped_like_the_parameters():
     cfg = _shared()
     pop, state, _ = _population(cfg, [cfg] * 2)
