@@ -44,11 +44,12 @@ def pytest_unconfigure(config):
 def without_compilation_cache():
     """For tests that read JAX's compile events: a program found in the
     persistent cache is not compiled, so it sends none."""
-    from jax._src import compilation_cache
+    from jax._src import compilation_cache   # reset_cache: no public API for this
+    enabled = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
     compilation_cache.reset_cache()
     yield
-    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_enable_compilation_cache", enabled)
     compilation_cache.reset_cache()
 
 
