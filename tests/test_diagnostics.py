@@ -249,6 +249,7 @@ def test_negative_fraction_matches_numpy_for_every_activation(norm):
             assert 0 < total < sum(widths), (name, m)
 
 
+@pytest.mark.slow
 def test_healthy_network_is_not_born_dead_and_flag_is_kept():
     cfg, pop, dd, state = _setup()
     state, scalars, _ = _evaluate(pop, state, dd)

@@ -191,6 +191,7 @@ def test_a_truncated_points_file_is_repaired_from_the_results(tmp_path):
     assert not list((work / "checkpoints").glob("*/chunk_0003"))
 
 
+@pytest.mark.slow
 def test_a_damaged_config_json_is_refused_in_one_sentence(tmp_path):
     exp = _experiment(tmp_path)
     work = tmp_path / "w"

@@ -533,6 +533,7 @@ def test_percentiles_against_numpy():
     assert np.isnan(J(M.percentiles, qs=qs)(np.array([1.0, np.nan], np.float32))).all()
 
 
+@pytest.mark.slow
 def test_percentiles_select_equals_sort(monkeypatch):
     """From SELECT_FROM entries on, float32 percentiles select the order
     statistics (two counting passes) instead of sorting: the same values,

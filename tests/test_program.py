@@ -80,6 +80,7 @@ DEAD_BIAS_RESET = interventions.Remedy(
                   per_member=True, hparam="dead_bias", added="2026-12-01"),))
 
 
+@pytest.mark.slow
 def test_a_new_remedy_with_its_own_hyperparameter_is_one_declaration():
     with interventions.registered(DEAD_BIAS_RESET):
         # The field is in every default config, per member, validated.

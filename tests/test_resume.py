@@ -146,6 +146,7 @@ def test_load_member_returns_flax_layout_params(tmp_path):
     assert member["params"]["Dense_2"]["kernel"].shape == (8, 4)
 
 
+@pytest.mark.slow
 def test_histograms_are_stored_compactly_per_point_and_step(tmp_path):
     base = tiny_config(diagnostics__families=("dead",), diagnostics__histogram_bins=7)
     runner.run_sweep(base, sweep.product({"seed": [0, 1]}), tmp_path, tensorboard=False)
