@@ -1,9 +1,10 @@
 """TensorBoard summaries of a sweep, written with the ``tensorboard`` package alone.
 
-No TensorFlow: events are written with tensorboard's own
-``EventFileWriter`` (``tensorboard.summary.writer.event_file_writer``) from
-its protos (``tensorboard.compat.proto``: ``Event``, ``Summary``,
-``HistogramProto``, ``SessionLog``) and the hparams plugin's pure-proto
+No TensorFlow: events are written with tensorboard's own record framing
+(``tensorboard.summary.writer.record_writer.RecordWriter``, the TFRecord
+format ``EventFileWriter`` writes) from its protos
+(``tensorboard.compat.proto``: ``Event``, ``Summary``, ``HistogramProto``,
+``SessionLog``) and the hparams plugin's pure-proto
 helpers (``tensorboard.plugins.hparams.summary_v2.hparams_pb`` /
 ``hparams_config_pb``, which build protos and never touch TF). Records are
 checksummed in C (:func:`masked_crc32c`), not by tensorboard's Python loop.
@@ -32,6 +33,11 @@ API::
 Writing happens at evaluations only, from host NumPy arrays; a run's events of
 one evaluation are one ``Event`` (all its scalars and histograms in one
 ``Summary``), so the only Python loop is the inherent one over the runs.
+Each run's events are appended to its event file synchronously, in the
+thread that calls :meth:`SweepSummaries.write_evaluation` (deadjax's host
+writer, off the device's path), the file opened and closed at each
+evaluation (:class:`EventFile`): no thread per run, which ``EventFileWriter``
+would start (1,024 threads for a 1,024-member chunk, beside training).
 
 Resume: a sweep killed and resumed re-runs the evaluations after its last
 checkpoint. Every event file a process writes into a run begins with a
@@ -44,11 +50,13 @@ step or later, so no step shows twice.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -61,7 +69,6 @@ from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import (
     masked_crc32c as _python_masked_crc32c)
 from tensorboard.plugins.hparams import summary_v2 as hp
 from tensorboard.summary.writer import record_writer
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 try:
     import google_crc32c
@@ -108,7 +115,7 @@ def masked_crc32c(data: bytes) -> int:
 
 
 def _use_fast_checksums() -> None:
-    """Lets tensorboard's ``RecordWriter`` (which ``EventFileWriter`` writes
+    """Lets tensorboard's ``RecordWriter`` (which :class:`EventFile` writes
     through) checksum records with :func:`masked_crc32c`: it reads the
     module-level name at every record. Only when the C implementation is
     there (``google_crc32c.implementation == "c"``); otherwise tensorboard's
@@ -118,6 +125,46 @@ def _use_fast_checksums() -> None:
 
 
 _use_fast_checksums()
+
+_file_numbers = itertools.count()
+
+
+class EventFile:
+    """One event file, appended to in whole evaluations.
+
+    The file is named as tensorboard's ``EventFileWriter`` names it,
+    ``events.out.tfevents.<time>.<host>.<pid>.<n>`` (``n`` counts this
+    process's files, so two files of one run never share a name), and begins
+    with the same ``file_version="brain.Event:2"`` event. :meth:`flush`
+    opens it, writes each event as one TFRecord through tensorboard's
+    ``RecordWriter`` and closes it again, so events are on disk (in the
+    operating system's buffers) when it returns; a kill in the middle can
+    leave only the last record cut short, which TensorBoard's readers treat
+    as the end of the file, as for a file ``EventFileWriter`` was writing."""
+
+    def __init__(self, logdir):
+        logdir = Path(logdir)
+        logdir.mkdir(parents=True, exist_ok=True)
+        self.path = logdir / (f"events.out.tfevents.{int(time.time()):010d}."
+                              f"{socket.gethostname()}.{os.getpid()}.{next(_file_numbers)}")
+        self._events = [event_pb2.Event(
+            wall_time=time.time(), file_version="brain.Event:2",
+            source_metadata=event_pb2.SourceMetadata(writer="deadjax.summaries"))]
+
+    def add_event(self, event: event_pb2.Event) -> None:
+        """Queues ``event`` for the next :meth:`flush`."""
+        self._events.append(event)
+
+    def flush(self) -> None:
+        """Appends the queued events to the file."""
+        events, self._events = self._events, []
+        if events:
+            with open(self.path, "ab") as f:
+                writer = record_writer.RecordWriter(f)
+                for event in events:
+                    writer.write(event.SerializeToString())
+
+    close = flush
 
 
 # --------------------------------------------------------------------------
@@ -246,7 +293,7 @@ def _replace_events(tmp_root: Path, run_dir: Path, events: Sequence[event_pb2.Ev
     tmp_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="tb-", dir=tmp_root))
     try:
-        writer = EventFileWriter(str(tmp), max_queue_size=len(events) + 2)
+        writer = EventFile(tmp)
         for ev in events:
             writer.add_event(ev)
         writer.close()
@@ -334,7 +381,7 @@ class SweepSummaries:
         self.names = run_names(points, self.swept_fields)
         self.histogram_members = histogram_members
         self._hparams, infos = _hparam_tables(points, self.swept_fields)
-        self._writers: dict[str, EventFileWriter] = {}
+        self._writers: dict[str, EventFile] = {}
         config = hp.hparams_config_pb(infos, [hp.Metric(m, display_name=m) for m in metrics],
                                       time_created_secs=time.time())
         with locks.exclusive(self.workdir, "tensorboard-root"):
@@ -354,9 +401,8 @@ class SweepSummaries:
             return min(n, DEFAULT_HISTOGRAM_MEMBERS)
         return n if k < 0 else min(n, k)
 
-    def _open(self, point, step: int, resumed_from: int | None) -> EventFileWriter:
-        run_dir = self.run_dir(point)
-        writer = EventFileWriter(str(run_dir), max_queue_size=1024)
+    def _open(self, point, step: int, resumed_from: int | None) -> EventFile:
+        writer = EventFile(self.run_dir(point))
         # Every file starts with a START: TensorBoard's Python loader takes a
         # run's first START as its beginning and purges only at later ones.
         start = step if resumed_from is None else min(step, int(resumed_from) + 1)
@@ -398,12 +444,15 @@ class SweepSummaries:
         now = time.time()
         for i, point in enumerate(members):
             writer = self._writers.get(point.id) or self._open(point, step, resumed_from)
-            values = [summary_pb2.Summary.Value(tag=t, simple_value=v)
-                      for t, v in zip(tags, table[i].tolist())]
+            event = event_pb2.Event(wall_time=now, step=int(step))
+            add = event.summary.value.add
+            for t, v in zip(tags, table[i].tolist()):
+                add(tag=t, simple_value=v)
             if i < k and htags:
-                values += _histogram_values(htags, los[i].tolist(), his[i].tolist(),
-                                            [c[i] for c in counts])
-            writer.add_event(_event(step, values, wall_time=now))
+                event.summary.value.extend(_histogram_values(
+                    htags, los[i].tolist(), his[i].tolist(), [c[i] for c in counts]))
+            writer.add_event(event)
+            writer.flush()
 
     def flush(self) -> None:
         for w in self._writers.values():

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import types
 import urllib.error
@@ -192,6 +193,66 @@ def test_record_checksums_equal_tensorboards_own(tmp_path):
     tb.close_chunk()
     for p in pts:
         assert _acc(tb.run_dir(p)).Scalars("test/accuracy")[0].step == 5
+
+
+def _records(path):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    return list(EventFileLoader(str(path)).Load())
+
+
+def test_event_files_as_tensorboards_writer_and_no_thread_or_open_file(tmp_path):
+    # deadjax's EventFile writes the events tensorboard's EventFileWriter
+    # would (the same records after the file_version event, read back by
+    # tensorboard's loader), and a 40-member chunk's writing keeps neither a
+    # thread nor an open file per run.
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    rng = np.random.default_rng(4)
+    scalars, hists = _evaluation(rng, 1, 7)
+    events = [summaries._start(7), summaries._event(7, [
+        summaries.summary_pb2.Summary.Value(tag=t, simple_value=v[0]) for t, v in scalars.items()]
+        + summaries._histogram_values(list(hists), [h[0][0] for h in hists.values()],
+                                      [h[1][0] for h in hists.values()],
+                                      [h[2][0] for h in hists.values()]), wall_time=12.5)]
+    for writer in (EventFileWriter(str(tmp_path / "theirs")), summaries.EventFile(tmp_path / "ours")):
+        for ev in events:
+            writer.add_event(ev)
+        writer.close()
+    (theirs,), (ours,) = (list((tmp_path / d).glob("events.out.tfevents.*"))
+                          for d in ("theirs", "ours"))
+    assert ours.name.split(".")[3:6] == theirs.name.split(".")[3:6]   # time, host, pid
+    a, b = _records(theirs), _records(ours)
+    assert a[0].file_version == b[0].file_version == "brain.Event:2"
+    assert [e.SerializeToString() for e in a[1:]] == [e.SerializeToString() for e in b[1:]]
+    assert len(b) == 3
+
+    n = 40
+    pts = sweep.resolve_points(tiny_config(), sweep.product({"seed": list(range(n))}))
+    sweep.group_points(pts)
+    fds = lambda: len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+    threads, files = threading.active_count(), fds()
+    tb = summaries.SweepSummaries(tmp_path / "w", pts, ["seed"])
+    for step in (0, 10):
+        tb.write_evaluation(pts, step, *_evaluation(rng, n, step))
+        assert threading.active_count() == threads and fds() == files
+    tb.close_chunk()
+    for p in pts:      # each evaluation is on disk when write_evaluation returns
+        assert [e.step for e in _acc(tb.run_dir(p)).Scalars("test/accuracy")] == [0, 10]
+
+
+def test_a_record_cut_short_ends_the_file(tmp_path):
+    # A kill while a record is being appended leaves it cut short at the
+    # end of the file; tensorboard's reader keeps every whole record before it.
+    pts = _points(activations=("relu",), seeds=(0,))
+    tb = summaries.SweepSummaries(tmp_path, pts, ["seed"])
+    rng = np.random.default_rng(5)
+    for step in (0, 10):
+        tb.write_evaluation(pts, step, *_evaluation(rng, 1, step))
+    tb.close_chunk()
+    (path,) = tb.run_dir(pts[0]).glob("events.out.tfevents.*")
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size - 9)
+    assert [e.step for e in _acc(tb.run_dir(pts[0])).Scalars("test/accuracy")] == [0]
 
 
 def test_default_histogram_members(tmp_path):
