@@ -273,7 +273,7 @@ def xla_svdvals(m):
        Golub-Kahan matrix: the 2k x 2k symmetric tridiagonal with zero
        diagonal and off-diagonal ``(d_1, f_1, d_2, f_2, ..., d_k)``, whose
        eigenvalues are ``+-sigma_i`` (GVL Sec. 8.6.1); bisection
-       (:func:`_tridiagonal_eigenvalues`) finds them.
+       (:func:`_tridiagonal_eigenvalues`) finds the upper k of them.
 
     Every step is backward stable (the Gram matrix ``m^T m`` is never formed),
     so the absolute error is ~eps * sigma_max, as for LAPACK's SVD: measured
@@ -294,8 +294,8 @@ def xla_svdvals(m):
     else:
         d, f = _bidiagonal(r)
         off = jnp.concatenate([jnp.stack([d[:-1], f], axis=1).reshape(-1), d[-1:]])
-        ev = _tridiagonal_eigenvalues(jnp.zeros(2 * k, x.dtype), off)
-        s = jnp.clip(ev[k:][::-1], 0.0, None)
+        ev = _tridiagonal_eigenvalues(jnp.zeros(2 * k, x.dtype), off, first=k)
+        s = jnp.clip(ev[::-1], 0.0, None)
     return _finite_or_nan(m, s * scale)
 
 
@@ -363,10 +363,12 @@ def _tridiagonal(a):
     return jnp.concatenate(diagonal), jnp.concatenate(off)
 
 
-def _tridiagonal_eigenvalues(d, e):
+def _tridiagonal_eigenvalues(d, e, first: int = 0):
     """Eigenvalues, ascending, of the symmetric tridiagonal matrix with
     diagonal ``d`` (n,) and off-diagonal ``e`` (n - 1,), by bisection (GVL
-    Sec. 8.4.1), all n at once.
+    Sec. 8.4.1), all n at once; with ``first``, only the eigenvalues
+    ``first, ..., n - 1`` (ascending order), each bisected exactly as when
+    all are (the intervals are independent), so the same numbers.
 
     The number of eigenvalues below x is the number of negative pivots of
     the LDL^T factorisation of T - x I (Sylvester's law of inertia):
@@ -388,7 +390,7 @@ def _tridiagonal_eigenvalues(d, e):
     low, high = jnp.min(d - radius), jnp.max(d + radius)
     pivmin = finfo.tiny * jnp.maximum(1.0, jnp.max(e2))
     slack = 2 * n * finfo.eps * jnp.maximum(jnp.abs(low), jnp.abs(high)) + 4 * pivmin
-    index = jnp.arange(n)
+    index = jnp.arange(first, n)
 
     def count_below(x):
         def pivot(j, carry):
@@ -406,8 +408,8 @@ def _tridiagonal_eigenvalues(d, e):
         below = count_below(mid) > index           # eigenvalue i lies below mid
         return jnp.where(below, lo, mid), jnp.where(below, mid, hi)
 
-    lo = jnp.broadcast_to(low - slack, (n,))
-    hi = jnp.broadcast_to(high + slack, (n,))
+    lo = jnp.broadcast_to(low - slack, index.shape)
+    hi = jnp.broadcast_to(high + slack, index.shape)
     lo, hi = jax.lax.fori_loop(0, finfo.nmant + 2, halve, (lo, hi))
     return 0.5 * (lo + hi)
 

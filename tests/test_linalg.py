@@ -154,6 +154,30 @@ def test_a_stack_of_eigenproblems_equals_each_alone_and_numpy():
     np.testing.assert_array_equal(jax.jit(linalg.symmetric_eigenvalues_stack)(stack), got)
 
 
+def test_upper_eigenvalues_alone_equal_those_of_all():
+    """Bisecting only eigenvalues first..n-1 (xla_svdvals takes the upper half
+    of the Golub-Kahan matrix's) gives those of the bisection of all n bit for
+    bit: each eigenvalue's interval is halved on its own. Checked on the
+    Golub-Kahan matrices of random bidiagonals, with zeros and a repeated
+    entry, and on a random tridiagonal; and against numpy's float64."""
+    rng = np.random.default_rng(12)
+    full = jax.jit(linalg._tridiagonal_eigenvalues)
+    upper = jax.jit(linalg._tridiagonal_eigenvalues, static_argnames="first")
+    for k in (2, 5, 64):
+        off = rng.normal(size=(4, 2 * k - 1)).astype(np.float32)
+        off[1, ::3] = 0.0
+        off[2] = 0.7
+        for row in off:
+            d = np.zeros(2 * k, np.float32)
+            np.testing.assert_array_equal(upper(d, row, first=k), full(d, row)[k:])
+            gk = np.diag(row.astype(np.float64), 1) + np.diag(row.astype(np.float64), -1)
+            ref = np.linalg.eigvalsh(gk)[k:]
+            np.testing.assert_allclose(upper(d, row, first=k), ref, rtol=0,
+                                       atol=4e-7 * max(np.abs(ref).max(), 1e-30))
+    d, e = rng.normal(size=33).astype(np.float32), rng.normal(size=32).astype(np.float32)
+    np.testing.assert_array_equal(upper(d, e, first=20), full(d, e)[20:])
+
+
 def test_cpu_routes_are_the_xla_ones():
     assert jax.default_backend() == "cpu" and linalg.use_xla_solvers()
     m = SVD_CASES["random 40x24"]
