@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -213,13 +214,16 @@ def test_event_files_as_tensorboards_writer_and_no_thread_or_open_file(tmp_path)
         + summaries._histogram_values(list(hists), [h[0][0] for h in hists.values()],
                                       [h[1][0] for h in hists.values()],
                                       [h[2][0] for h in hists.values()]), wall_time=12.5)]
-    for writer in (EventFileWriter(str(tmp_path / "theirs")), summaries.EventFile(tmp_path / "ours")):
+    for writer in (EventFileWriter(str(tmp_path / "theirs")),
+                   summaries.EventFile(tmp_path / "ours")):
         for ev in events:
             writer.add_event(ev)
         writer.close()
     (theirs,), (ours,) = (list((tmp_path / d).glob("events.out.tfevents.*"))
                           for d in ("theirs", "ours"))
-    assert ours.name.split(".")[3:6] == theirs.name.split(".")[3:6]   # time, host, pid
+    for path in (theirs, ours):       # events.out.tfevents.<time>.<host>.<pid>.<n>
+        assert re.fullmatch(rf"events\.out\.tfevents\.\d{{10}}\.{re.escape(socket.gethostname())}"
+                            rf"\.{os.getpid()}\.\d+", path.name), path.name
     a, b = _records(theirs), _records(ours)
     assert a[0].file_version == b[0].file_version == "brain.Event:2"
     assert [e.SerializeToString() for e in a[1:]] == [e.SerializeToString() for e in b[1:]]
